@@ -1,0 +1,89 @@
+"""Cold-path formatting for handles and callbacks (asyncio: ``format_helpers``).
+
+Called from the Rust core for ``repr()`` of handles, exception messages, debug-mode source
+tracebacks and debug-mode callback checks. Nothing here runs on a hot path.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import reprlib
+import sys
+import traceback
+
+_MAX_STACK = 10
+
+
+def _source(func):
+    func = inspect.unwrap(func)
+    if isinstance(func, functools.partial):
+        return _source(func.func)
+    if isinstance(func, functools.partialmethod):
+        return _source(func.func)
+    code = getattr(func, "__code__", None)
+    if code is None:
+        func = getattr(func, "__func__", None)
+        code = getattr(func, "__code__", None)
+    if code is None:
+        return None
+    return code.co_filename, code.co_firstlineno
+
+
+def _args_repr(args, kwargs=None):
+    parts = [reprlib.repr(a) for a in args or ()]
+    if kwargs:
+        parts.extend(f"{k}={reprlib.repr(v)}" for k, v in kwargs.items())
+    return "(" + ", ".join(parts) + ")"
+
+
+def _callback_repr(func, args):
+    if isinstance(func, functools.partial):
+        return _callback_repr(func.func, func.args) + _args_repr(args, func.keywords)
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    return name + _args_repr(args)
+
+
+def format_callback(func, args) -> str:
+    """``name(args) at file:line``, as asyncio prints a callback."""
+    text = _callback_repr(func, args)
+    where = _source(func)
+    if where:
+        text += f" at {where[0]}:{where[1]}"
+    return text
+
+
+def handle_repr(handle) -> str:
+    kind = type(handle).__name__
+    parts = []
+    if handle.cancelled():
+        parts.append("cancelled")
+    when = getattr(handle, "_when", None)
+    if when is not None:
+        parts.append(f"when={when}")
+    cb = handle._callback
+    if cb is not None:
+        parts.append(format_callback(cb, handle._args))
+    tb = handle._source_traceback
+    if tb:
+        frame = tb[-1]
+        parts.append(f"created at {frame[0]}:{frame[1]}")
+    return f"<{kind} {' '.join(parts)}>"
+
+
+def extract_stack():
+    """The caller's stack, oldest first, for debug-mode ``_source_traceback``."""
+    frame = sys._getframe(1)
+    stack = traceback.StackSummary.extract(
+        traceback.walk_stack(frame), limit=_MAX_STACK, lookup_lines=False
+    )
+    stack.reverse()
+    return stack
+
+
+def check_callback(callback, method: str) -> None:
+    """Debug-mode argument check of ``call_soon`` and friends (asyncio's message)."""
+    if inspect.iscoroutine(callback) or inspect.iscoroutinefunction(callback):
+        raise TypeError(f"coroutines cannot be used with {method}()")
+    if not callable(callback):
+        raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")

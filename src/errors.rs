@@ -1,0 +1,38 @@
+//! The one mapping from Rust I/O errors to Python exceptions.
+//!
+//! `OSError(errno, strerror)` is what CPython raises for a failed syscall; its constructor
+//! picks the matching subclass (`ConnectionResetError`, `BrokenPipeError`, ...) from the
+//! errno, and sets `.errno` and `.strerror`, exactly as `socket` and `os` do.
+
+use std::ffi::CStr;
+use std::io;
+
+use pyo3::exceptions::PyOSError;
+use pyo3::PyErr;
+
+/// The C library's message for `errno`, as `os.strerror` gives it.
+pub fn strerror(errno: i32) -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: `buf` is a writable buffer of the length we pass; the XSI `strerror_r`
+    // NUL-terminates what it writes on success.
+    let rc = unsafe { libc::strerror_r(errno, buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        if let Ok(s) = CStr::from_bytes_until_nul(&buf) {
+            return s.to_string_lossy().into_owned();
+        }
+    }
+    format!("Unknown error {errno}")
+}
+
+/// Converts an `io::Error` into the `OSError` subclass CPython would raise.
+pub fn os_error(e: io::Error) -> PyErr {
+    match e.raw_os_error() {
+        Some(code) => PyOSError::new_err((code, strerror(code))),
+        None => PyOSError::new_err(e.to_string()),
+    }
+}
+
+/// The `OSError` for the current `errno`.
+pub fn last_os_error() -> PyErr {
+    os_error(io::Error::last_os_error())
+}

@@ -1,0 +1,639 @@
+//! The core of the event loop (asyncio: `BaseEventLoop` in `base_events.py`, plus the
+//! reader/writer half of `BaseSelectorEventLoop`).
+//!
+//! `CoreLoop` owns the ready queue, the timer heap, the fd registrations and the poller.
+//! `ferroloop.Loop` (Python) subclasses it together with `asyncio.AbstractEventLoop` and
+//! adds the rarely-hot orchestration (tasks, executors, DNS, signals, run_until_complete).
+//!
+//! One iteration (`run_once`), as in asyncio:
+//! 1. Decide how long to wait: not at all if callbacks are ready or `stop()` was called,
+//!    until the earliest timer otherwise, forever if there is nothing to wait for.
+//! 2. Poll, detached from the interpreter when the wait is not zero. Readiness reports
+//!    become reader/writer handles appended to the ready queue.
+//! 3. Timers whose deadline has passed move to the ready queue, in (when, seq) order.
+//! 4. Run exactly the handles that were ready when this step began; what they schedule
+//!    runs next iteration.
+//!
+//! Cross-thread wake-ups: `call_soon_threadsafe` appends to the ready queue (it holds the
+//! interpreter lock, like every caller) and writes the waker only if the loop is, or is
+//! about to be, blocked in the poller and nobody has written it since: N wake-ups from
+//! other threads during one wait cost one syscall.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mio::{Events, Poll, Registry, Token, Waker};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyInt, PyTuple};
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use crate::errors::os_error;
+use crate::gil_cell::GilCell;
+use crate::handles::{format_module, Handle, TimerHandle};
+use crate::poller::{IoMap, Ready, Side};
+use crate::timers::TimerHeap;
+
+const WAKER_TOKEN: Token = Token(usize::MAX);
+const EVENTS_CAPACITY: usize = 1024;
+
+/// `time.monotonic()`, without the round trip through Python.
+pub fn monotonic() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to fill; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+fn current_thread_id() -> u64 {
+    // SAFETY: a plain query of the calling thread's identifier (`threading.get_ident()`).
+    unsafe { ffi::PyThread_get_thread_ident() as u64 }
+}
+
+struct State {
+    ready: VecDeque<Py<Handle>>,
+    timers: TimerHeap<Py<TimerHandle>>,
+    io: IoMap<Py<Handle>>,
+    registry: Option<Registry>,
+    waker: Option<Waker>,
+    slow_callback_duration: f64,
+}
+
+#[pyclass(subclass, frozen, weakref, module = "ferroloop._ferroloop")]
+pub struct CoreLoop {
+    state: GilCell<State>,
+    /// The poller and its event buffer; only the thread running the loop locks this.
+    poll: Mutex<Option<(Poll, Events)>>,
+    /// The loop is blocked (or about to block) in the poller.
+    sleeping: AtomicBool,
+    /// The waker was written during the current wait.
+    wake_pending: AtomicBool,
+    stopping: AtomicBool,
+    closed: AtomicBool,
+    debug: AtomicBool,
+    /// Identifier of the thread running the loop; 0 when it is not running.
+    thread_id: AtomicU64,
+    timers_cancelled: Arc<AtomicUsize>,
+}
+
+/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`.
+pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    let fd: i64 = if obj.is_instance_of::<PyInt>() {
+        obj.extract()?
+    } else {
+        let invalid = || PyValueError::new_err(format!("Invalid file object: {}", repr(obj)));
+        obj.call_method0(intern!(obj.py(), "fileno"))
+            .and_then(|f| f.extract::<i64>())
+            .map_err(|_| invalid())?
+    };
+    if fd < 0 || fd > i64::from(i32::MAX) {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    Ok(fd as RawFd)
+}
+
+fn repr(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "<object>".to_owned())
+}
+
+impl CoreLoop {
+    fn check_closed(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Relaxed) {
+            Err(PyRuntimeError::new_err("Event loop is closed"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Debug-mode checks of `call_soon` and friends: right thread, usable callback.
+    fn debug_checks(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        check_thread: bool,
+    ) -> PyResult<()> {
+        if check_thread {
+            let tid = self.thread_id.load(Ordering::Relaxed);
+            if tid != 0 && tid != current_thread_id() {
+                return Err(PyRuntimeError::new_err(
+                    "Non-thread-safe operation invoked on an event loop other than the current one",
+                ));
+            }
+        }
+        format_module(py)?.call_method1(intern!(py, "check_callback"), (callback, method))?;
+        Ok(())
+    }
+
+    fn new_handle(
+        &self,
+        py: Python<'_>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let h = Handle::new(py, callback, args, context, self.debug.load(Ordering::Relaxed))?;
+        Py::new(py, h)
+    }
+
+    fn schedule_timer(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let base = Handle::new(py, callback, args, context, self.debug.load(Ordering::Relaxed))?;
+        let init = PyClassInitializer::from(base)
+            .add_subclass(TimerHandle::new(when, self.timers_cancelled.clone()));
+        let timer = Py::new(py, init)?;
+        self.state
+            .borrow_mut(py)
+            .timers
+            .push(when, timer.clone_ref(py));
+        Ok(timer)
+    }
+
+    fn set_io(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        side: Side,
+        handle: Option<Py<Handle>>,
+    ) -> PyResult<Option<Py<Handle>>> {
+        let mut st = self.state.borrow_mut(py);
+        let State { io, registry, .. } = &mut *st;
+        let Some(registry) = registry.as_ref() else {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        };
+        io.set(registry, fd, side, handle).map_err(os_error)
+    }
+
+    fn add_io(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        side: Side,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        let fd = fileobj_to_fd(fd)?;
+        self.check_closed()?;
+        let handle = self.new_handle(py, callback, args, None)?;
+        let old = self.set_io(py, fd, side, Some(handle))?;
+        if let Some(old) = old {
+            old.bind(py).call_method0(intern!(py, "cancel"))?;
+        }
+        Ok(())
+    }
+
+    fn remove_io(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, side: Side) -> PyResult<bool> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let fd = fileobj_to_fd(fd)?;
+        let registered = self.state.borrow(py).io.get(fd, side).is_some();
+        if !registered {
+            return Ok(false);
+        }
+        match self.set_io(py, fd, side, None)? {
+            Some(old) => {
+                old.bind(py).call_method0(intern!(py, "cancel"))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Steps 1 and 2 of an iteration: compute the wait, poll, queue what became ready.
+    fn poll_io(&self, py: Python<'_>) -> PyResult<()> {
+        let (timeout, pruned) = {
+            let mut st = self.state.borrow_mut(py);
+            for _ in 0..self.timers_cancelled.swap(0, Ordering::Relaxed) {
+                st.timers.note_cancelled();
+            }
+            let pruned = st.timers.prune();
+            let State {
+                io,
+                registry,
+                ready,
+                timers,
+                ..
+            } = &mut *st;
+            if let Some(registry) = registry.as_ref() {
+                if io.has_rearm() {
+                    io.rearm(registry);
+                }
+            }
+            let timeout = if !ready.is_empty() || self.stopping.load(Ordering::Relaxed) {
+                Some(Duration::ZERO)
+            } else {
+                timers
+                    .next_when()
+                    .map(|when| Duration::from_secs_f64((when - monotonic()).clamp(0.0, 1e9)))
+            };
+            (timeout, pruned)
+        };
+        drop(pruned);
+
+        let mut guard = self
+            .poll
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("event loop poller is unusable"))?;
+        let Some((poll, events)) = guard.as_mut() else {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        };
+        let result = if timeout == Some(Duration::ZERO) {
+            poll.poll(events, timeout)
+        } else {
+            self.sleeping.store(true, Ordering::SeqCst);
+            let r = py.detach(|| poll.poll(events, timeout));
+            self.sleeping.store(false, Ordering::SeqCst);
+            self.wake_pending.store(false, Ordering::SeqCst);
+            r
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                events.clear();
+                // A signal arrived: run Python's handlers now (Ctrl+C raises here).
+                py.check_signals()?;
+            }
+            Err(e) => return Err(os_error(e)),
+        }
+        if !events.is_empty() {
+            let mut st = self.state.borrow_mut(py);
+            let State { io, ready, .. } = &mut *st;
+            for ev in events.iter() {
+                if ev.token() != WAKER_TOKEN {
+                    io.dispatch(Ready::from_event(ev), |h| ready.push_back(h.clone_ref(py)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 3: due timers join the ready queue.
+    fn collect_timers(&self, py: Python<'_>) {
+        let mut dead = Vec::new();
+        {
+            let mut st = self.state.borrow_mut(py);
+            if st.timers.is_empty() {
+                return;
+            }
+            let now = monotonic();
+            let State { timers, ready, .. } = &mut *st;
+            while let Some(t) = timers.pop_due(now) {
+                t.get().set_unscheduled();
+                let bound = t.bind(py);
+                if bound.as_super().get().is_cancelled() {
+                    dead.push(t);
+                } else {
+                    ready.push_back(bound.as_super().clone().unbind());
+                    dead.push(t);
+                }
+            }
+        }
+        drop(dead);
+    }
+
+    /// Step 4: run the handles that are ready now, and only those.
+    fn run_ready(&self, slf: &Bound<'_, CoreLoop>) -> PyResult<()> {
+        let py = slf.py();
+        let ntodo = self.state.borrow(py).ready.len();
+        let debug = self.debug.load(Ordering::Relaxed);
+        for _ in 0..ntodo {
+            let next = self.state.borrow_mut(py).ready.pop_front();
+            let Some(handle) = next else { break };
+            let handle = handle.into_bound(py);
+            if debug {
+                let t0 = monotonic();
+                Handle::run(&handle, slf.as_any())?;
+                let dt = monotonic() - t0;
+                if dt >= self.state.borrow(py).slow_callback_duration {
+                    slf.call_method1(intern!(py, "_log_slow_callback"), (&handle, dt))?;
+                }
+            } else {
+                Handle::run(&handle, slf.as_any())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run_once(&self, slf: &Bound<'_, CoreLoop>) -> PyResult<()> {
+        let py = slf.py();
+        py.check_signals()?;
+        self.poll_io(py)?;
+        self.collect_timers(py);
+        self.run_ready(slf)
+    }
+}
+
+#[pymethods]
+impl CoreLoop {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyResult<Self> {
+        let poll = Poll::new().map_err(os_error)?;
+        let registry = poll.registry().try_clone().map_err(os_error)?;
+        let waker = Waker::new(poll.registry(), WAKER_TOKEN).map_err(os_error)?;
+        Ok(CoreLoop {
+            state: GilCell::new(State {
+                ready: VecDeque::new(),
+                timers: TimerHeap::new(),
+                io: IoMap::new(),
+                registry: Some(registry),
+                waker: Some(waker),
+                slow_callback_duration: 0.1,
+            }),
+            poll: Mutex::new(Some((poll, Events::with_capacity(EVENTS_CAPACITY)))),
+            sleeping: AtomicBool::new(false),
+            wake_pending: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            debug: AtomicBool::new(false),
+            thread_id: AtomicU64::new(0),
+            timers_cancelled: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// `time.monotonic()`: the loop's clock.
+    fn time(&self) -> f64 {
+        monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        &self,
+        py: Python<'_>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        self.check_closed()?;
+        if self.debug.load(Ordering::Relaxed) {
+            self.debug_checks(py, &callback, "call_soon", true)?;
+        }
+        let handle = self.new_handle(py, callback, args, context)?;
+        self.state
+            .borrow_mut(py)
+            .ready
+            .push_back(handle.clone_ref(py));
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        &self,
+        py: Python<'_>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        self.check_closed()?;
+        if self.debug.load(Ordering::Relaxed) {
+            self.debug_checks(py, &callback, "call_soon_threadsafe", false)?;
+        }
+        let handle = self.new_handle(py, callback, args, context)?;
+        let st = &mut *self.state.borrow_mut(py);
+        st.ready.push_back(handle.clone_ref(py));
+        if self.sleeping.load(Ordering::SeqCst) && !self.wake_pending.swap(true, Ordering::SeqCst)
+        {
+            if let Some(w) = &st.waker {
+                // A failed wake can only mean the eventfd counter is saturated, i.e. a
+                // wake-up is already pending.
+                let _ = w.wake();
+            }
+        }
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        &self,
+        py: Python<'_>,
+        delay: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let delay: f64 = delay.extract()?;
+        self.check_closed()?;
+        if self.debug.load(Ordering::Relaxed) {
+            self.debug_checks(py, &callback, "call_later", true)?;
+        }
+        self.schedule_timer(py, monotonic() + delay, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        &self,
+        py: Python<'_>,
+        when: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when: f64 = when.extract()?;
+        self.check_closed()?;
+        if self.debug.load(Ordering::Relaxed) {
+            self.debug_checks(py, &callback, "call_at", true)?;
+        }
+        self.schedule_timer(py, when, callback, args, context)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        self.add_io(py, fd, Side::Read, callback, args)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        &self,
+        py: Python<'_>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        self.add_io(py, fd, Side::Write, callback, args)
+    }
+
+    fn remove_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_io(py, fd, Side::Read)
+    }
+
+    fn remove_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        self.remove_io(py, fd, Side::Write)
+    }
+
+    /// The reader handle registered for `fd`, if any (for diagnostics and tests).
+    fn _get_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<Option<Py<Handle>>> {
+        let fd = fileobj_to_fd(fd)?;
+        Ok(self.state.borrow(py).io.get(fd, Side::Read).map(|h| h.clone_ref(py)))
+    }
+
+    fn _get_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<Option<Py<Handle>>> {
+        let fd = fileobj_to_fd(fd)?;
+        Ok(self.state.borrow(py).io.get(fd, Side::Write).map(|h| h.clone_ref(py)))
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    fn is_running(&self) -> bool {
+        self.thread_id.load(Ordering::Relaxed) != 0
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
+    fn get_debug(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
+    fn _set_debug(&self, enabled: bool) {
+        self.debug.store(enabled, Ordering::Relaxed);
+    }
+
+    #[getter]
+    fn get_slow_callback_duration(&self, py: Python<'_>) -> f64 {
+        self.state.borrow(py).slow_callback_duration
+    }
+
+    #[setter]
+    fn set_slow_callback_duration(&self, py: Python<'_>, value: f64) {
+        self.state.borrow_mut(py).slow_callback_duration = value;
+    }
+
+    /// The identifier of the thread running the loop, or None.
+    #[getter]
+    fn _thread_id(&self) -> Option<u64> {
+        match self.thread_id.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    #[getter]
+    fn _stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// How many callbacks are ready and timers scheduled (for tests and diagnostics).
+    fn _queue_sizes(&self, py: Python<'_>) -> (usize, usize, usize) {
+        let st = self.state.borrow(py);
+        (st.ready.len(), st.timers.len(), st.io.len())
+    }
+
+    /// Runs iterations until `stop()`; the body of `run_forever` (whose Python part sets
+    /// up the running-loop and async-generator hooks around it).
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        this.check_closed()?;
+        if this
+            .thread_id
+            .compare_exchange(0, current_thread_id(), Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(PyRuntimeError::new_err("This event loop is already running"));
+        }
+        let result = loop {
+            if let Err(e) = this.run_once(slf) {
+                break Err(e);
+            }
+            if this.stopping.load(Ordering::Relaxed) {
+                break Ok(());
+            }
+        };
+        this.stopping.store(false, Ordering::Relaxed);
+        this.thread_id.store(0, Ordering::SeqCst);
+        result
+    }
+
+    /// Releases the queues, the registrations and the poller (the Rust half of `close`).
+    fn _close(&self, py: Python<'_>) -> PyResult<()> {
+        if self.is_running() {
+            return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
+        }
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (ready, timers, io, registry, waker) = {
+            let mut st = self.state.borrow_mut(py);
+            let st = &mut *st;
+            let io = match &st.registry {
+                Some(r) => st.io.clear(r),
+                None => Vec::new(),
+            };
+            (
+                std::mem::take(&mut st.ready),
+                st.timers.drain(),
+                io,
+                st.registry.take(),
+                st.waker.take(),
+            )
+        };
+        drop((ready, timers, io, registry, waker));
+        if let Ok(mut g) = self.poll.lock() {
+            g.take();
+        }
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(st) = self.state.try_borrow_for_gc() {
+            for h in st.ready.iter() {
+                visit.call(h)?;
+            }
+            for t in st.timers.iter() {
+                visit.call(t)?;
+            }
+            for h in st.io.iter() {
+                visit.call(h)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = {
+            let Some(mut st) = self.state.try_borrow_mut_for_gc() else {
+                return;
+            };
+            let st = &mut *st;
+            let io = match &st.registry {
+                Some(r) => st.io.clear(r),
+                None => Vec::new(),
+            };
+            (std::mem::take(&mut st.ready), st.timers.drain(), io)
+        };
+        drop(taken);
+    }
+}

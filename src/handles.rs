@@ -1,0 +1,295 @@
+//! `Handle` and `TimerHandle` (asyncio: `events.Handle`, `events.TimerHandle`).
+//!
+//! A handle is a callback, its arguments and the `contextvars.Context` it runs in. The
+//! loop's ready queue and timer heap hold handles; `cancel()` flips a flag the loop checks
+//! before running one, and drops the callback at once so nothing stays alive through it.
+//! Formatting (`repr`, error messages) is delegated to `ferroloop._format`, which runs only
+//! on cold paths.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
+use pyo3::{intern, PyTraverseError, PyVisit};
+
+use crate::gil_cell::GilCell;
+use crate::timers::Cancellable;
+
+/// `ferroloop._format`, imported on first use.
+pub fn format_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    MODULE
+        .get_or_try_init(py, || py.import("ferroloop._format").map(Bound::unbind))
+        .map(|m| m.bind(py))
+}
+
+struct Callback {
+    func: Py<PyAny>,
+    args: Py<PyTuple>,
+}
+
+#[pyclass(subclass, frozen, module = "ferroloop._ferroloop")]
+pub struct Handle {
+    callback: GilCell<Option<Callback>>,
+    context: Py<PyAny>,
+    cancelled: AtomicBool,
+    source_traceback: Option<Py<PyAny>>,
+}
+
+/// A copy of the calling thread's current context (`contextvars.copy_context()`).
+fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    // SAFETY: attached (we hold `py`); PyContext_CopyCurrent returns a new reference or
+    // NULL with an exception set, which `from_owned_ptr_or_err` turns into a `PyErr`.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()).map(Bound::unbind) }
+}
+
+impl Handle {
+    pub fn new(
+        py: Python<'_>,
+        func: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+        debug: bool,
+    ) -> PyResult<Handle> {
+        let context = match context {
+            Some(c) => c.unbind(),
+            None => copy_context(py)?,
+        };
+        let source_traceback = if debug {
+            Some(format_module(py)?.call_method0(intern!(py, "extract_stack"))?.unbind())
+        } else {
+            None
+        };
+        Ok(Handle {
+            callback: GilCell::new(Some(Callback {
+                func: func.unbind(),
+                args: args.unbind(),
+            })),
+            context,
+            cancelled: AtomicBool::new(false),
+            source_traceback,
+        })
+    }
+
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Marks the handle cancelled; returns whether it was live before.
+    fn mark_cancelled(&self, py: Python<'_>) -> bool {
+        let was_live = !self.cancelled.swap(true, Ordering::Relaxed);
+        // Take the callback out first and drop it after the borrow ends: dropping may run
+        // arbitrary Python code.
+        let cb = self.callback.borrow_mut(py).take();
+        drop(cb);
+        was_live
+    }
+
+    /// Runs the callback in its context, as `Handle._run` does. Exceptions go to the
+    /// loop's exception handler through `loop._report_callback_error`; only
+    /// `KeyboardInterrupt` and `SystemExit` (and failures of the handler itself) come back
+    /// as `Err`, to propagate out of `run_forever`.
+    pub fn run(slf: &Bound<'_, Handle>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.is_cancelled() {
+            return Ok(());
+        }
+        let (func, args) = match &*this.callback.borrow(py) {
+            Some(cb) => (cb.func.clone_ref(py), cb.args.clone_ref(py)),
+            None => return Ok(()),
+        };
+        let ctx = this.context.as_ptr();
+        // SAFETY: attached; `ctx` is a live context object owned by this handle for the
+        // whole call (the handle is borrowed by the caller). Enter/Exit are paired below.
+        let result = if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
+            Err(PyErr::fetch(py))
+        } else {
+            let r = func.bind(py).call1(args.bind(py));
+            // SAFETY: we entered `ctx` above on this thread; exiting it is always valid.
+            if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
+                return Err(PyErr::fetch(py));
+            }
+            r
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.is_instance_of::<PyKeyboardInterrupt>(py)
+                    || e.is_instance_of::<PySystemExit>(py) =>
+            {
+                Err(e)
+            }
+            Err(e) => {
+                event_loop.call_method1(
+                    intern!(py, "_report_callback_error"),
+                    (slf, e.into_value(py)),
+                )?;
+                Ok(())
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl Handle {
+    fn cancel(&self, py: Python<'_>) {
+        self.mark_cancelled(py);
+    }
+
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.callback.borrow(py).as_ref().map(|c| c.func.clone_ref(py))
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.callback.borrow(py).as_ref().map(|c| c.args.clone_ref(py))
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    /// Runs the callback now (asyncio's private `Handle._run`, kept for code that calls it).
+    fn _run(slf: &Bound<'_, Self>, event_loop: &Bound<'_, PyAny>) -> PyResult<()> {
+        Handle::run(slf, event_loop)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        Ok(format_module(py)?
+            .call_method1(intern!(py, "handle_repr"), (slf,))?
+            .unbind())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(cb) = self.callback.try_borrow_for_gc() {
+            if let Some(cb) = &*cb {
+                visit.call(&cb.func)?;
+                visit.call(&cb.args)?;
+            }
+        }
+        visit.call(&self.context)?;
+        visit.call(&self.source_traceback)
+    }
+}
+
+/// A handle with a deadline (`call_later`/`call_at`).
+#[pyclass(extends = Handle, frozen, module = "ferroloop._ferroloop")]
+pub struct TimerHandle {
+    when: f64,
+    /// In the loop's heap (set when pushed, cleared when popped).
+    scheduled: AtomicBool,
+    /// Shared with the loop: how many scheduled timers were cancelled since it last looked.
+    cancelled_counter: Arc<AtomicUsize>,
+}
+
+impl TimerHandle {
+    pub fn new(when: f64, counter: Arc<AtomicUsize>) -> TimerHandle {
+        TimerHandle {
+            when,
+            scheduled: AtomicBool::new(true),
+            cancelled_counter: counter,
+        }
+    }
+
+    pub fn when_value(&self) -> f64 {
+        self.when
+    }
+
+    pub fn set_unscheduled(&self) {
+        self.scheduled.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Cancellable for Py<TimerHandle> {
+    fn is_cancelled(&self) -> bool {
+        // SAFETY: timer handles are only held in the loop's timer heap, which lives in a
+        // `GilCell` and so is only touched by an attached thread.
+        let py = unsafe { Python::assume_attached() };
+        self.bind(py).as_super().get().is_cancelled()
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Relaxed)
+    }
+
+    fn cancel(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        if slf.as_super().get().mark_cancelled(py) && slf.get().scheduled.load(Ordering::Relaxed)
+        {
+            slf.get().cancelled_counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn __hash__(&self) -> u64 {
+        self.when.to_bits()
+    }
+
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let (a, b) = (slf.get().when, other.get().when);
+        let equal = || -> PyResult<bool> {
+            if slf.is(other) {
+                return Ok(true);
+            }
+            let (x, y) = (slf.as_super(), other.as_super());
+            if a != b || x.get().is_cancelled() != y.get().is_cancelled() {
+                return Ok(false);
+            }
+            let (xc, yc) = (Handle::_callback(x.get(), py), Handle::_callback(y.get(), py));
+            let (xa, ya) = (Handle::_args(x.get(), py), Handle::_args(y.get(), py));
+            Ok(xc.into_pyobject(py)?.eq(yc)? && xa.into_pyobject(py)?.eq(ya)?)
+        };
+        let result = match op {
+            CompareOp::Lt => a < b,
+            CompareOp::Le => a < b || equal()?,
+            CompareOp::Gt => a > b,
+            CompareOp::Ge => a > b || equal()?,
+            CompareOp::Eq => equal()?,
+            CompareOp::Ne => !equal()?,
+        };
+        Ok(result.into_pyobject(py)?.to_owned().into_any().unbind())
+    }
+}

@@ -31,8 +31,3 @@ pub fn os_error(e: io::Error) -> PyErr {
         None => PyOSError::new_err(e.to_string()),
     }
 }
-
-/// The `OSError` for the current `errno`.
-pub fn last_os_error() -> PyErr {
-    os_error(io::Error::last_os_error())
-}

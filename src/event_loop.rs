@@ -64,6 +64,8 @@ struct State {
     registry: Option<Registry>,
     waker: Option<Waker>,
     slow_callback_duration: f64,
+    /// The handle being run, in debug mode (for `default_exception_handler`).
+    current: Option<Py<Handle>>,
 }
 
 #[pyclass(subclass, frozen, weakref, module = "ferroloop._ferroloop")]
@@ -94,7 +96,9 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             .map_err(|_| invalid())?
     };
     if fd < 0 || fd > i64::from(i32::MAX) {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
     }
     Ok(fd as RawFd)
 }
@@ -140,8 +144,10 @@ impl CoreLoop {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
+        repeats: bool,
     ) -> PyResult<Py<Handle>> {
-        let h = Handle::new(py, callback, args, context, self.debug.load(Ordering::Relaxed))?;
+        let debug = self.debug.load(Ordering::Relaxed);
+        let h = Handle::new(py, callback, args, context, debug, repeats)?;
         Py::new(py, h)
     }
 
@@ -153,7 +159,8 @@ impl CoreLoop {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
-        let base = Handle::new(py, callback, args, context, self.debug.load(Ordering::Relaxed))?;
+        let debug = self.debug.load(Ordering::Relaxed);
+        let base = Handle::new(py, callback, args, context, debug, false)?;
         let init = PyClassInitializer::from(base)
             .add_subclass(TimerHandle::new(when, self.timers_cancelled.clone()));
         let timer = Py::new(py, init)?;
@@ -189,7 +196,7 @@ impl CoreLoop {
     ) -> PyResult<()> {
         let fd = fileobj_to_fd(fd)?;
         self.check_closed()?;
-        let handle = self.new_handle(py, callback, args, None)?;
+        let handle = self.new_handle(py, callback, args, None, true)?;
         let old = self.set_io(py, fd, side, Some(handle))?;
         if let Some(old) = old {
             old.bind(py).call_method0(intern!(py, "cancel"))?;
@@ -317,9 +324,13 @@ impl CoreLoop {
             let Some(handle) = next else { break };
             let handle = handle.into_bound(py);
             if debug {
+                self.state.borrow_mut(py).current = Some(handle.clone().unbind());
                 let t0 = monotonic();
-                Handle::run(&handle, slf.as_any())?;
+                let result = Handle::run(&handle, slf.as_any());
                 let dt = monotonic() - t0;
+                let current = self.state.borrow_mut(py).current.take();
+                drop(current);
+                result?;
                 if dt >= self.state.borrow(py).slow_callback_duration {
                     slf.call_method1(intern!(py, "_log_slow_callback"), (&handle, dt))?;
                 }
@@ -358,6 +369,7 @@ impl CoreLoop {
                 registry: Some(registry),
                 waker: Some(waker),
                 slow_callback_duration: 0.1,
+                current: None,
             }),
             poll: Mutex::new(Some((poll, Events::with_capacity(EVENTS_CAPACITY)))),
             sleeping: AtomicBool::new(false),
@@ -387,7 +399,7 @@ impl CoreLoop {
         if self.debug.load(Ordering::Relaxed) {
             self.debug_checks(py, &callback, "call_soon", true)?;
         }
-        let handle = self.new_handle(py, callback, args, context)?;
+        let handle = self.new_handle(py, callback, args, context, false)?;
         self.state
             .borrow_mut(py)
             .ready
@@ -407,11 +419,10 @@ impl CoreLoop {
         if self.debug.load(Ordering::Relaxed) {
             self.debug_checks(py, &callback, "call_soon_threadsafe", false)?;
         }
-        let handle = self.new_handle(py, callback, args, context)?;
+        let handle = self.new_handle(py, callback, args, context, false)?;
         let st = &mut *self.state.borrow_mut(py);
         st.ready.push_back(handle.clone_ref(py));
-        if self.sleeping.load(Ordering::SeqCst) && !self.wake_pending.swap(true, Ordering::SeqCst)
-        {
+        if self.sleeping.load(Ordering::SeqCst) && !self.wake_pending.swap(true, Ordering::SeqCst) {
             if let Some(w) = &st.waker {
                 // A failed wake can only mean the eventfd counter is saturated, i.e. a
                 // wake-up is already pending.
@@ -494,12 +505,22 @@ impl CoreLoop {
     /// The reader handle registered for `fd`, if any (for diagnostics and tests).
     fn _get_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<Option<Py<Handle>>> {
         let fd = fileobj_to_fd(fd)?;
-        Ok(self.state.borrow(py).io.get(fd, Side::Read).map(|h| h.clone_ref(py)))
+        Ok(self
+            .state
+            .borrow(py)
+            .io
+            .get(fd, Side::Read)
+            .map(|h| h.clone_ref(py)))
     }
 
     fn _get_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<Option<Py<Handle>>> {
         let fd = fileobj_to_fd(fd)?;
-        Ok(self.state.borrow(py).io.get(fd, Side::Write).map(|h| h.clone_ref(py)))
+        Ok(self
+            .state
+            .borrow(py)
+            .io
+            .get(fd, Side::Write)
+            .map(|h| h.clone_ref(py)))
     }
 
     fn stop(&self) {
@@ -542,6 +563,15 @@ impl CoreLoop {
     }
 
     #[getter]
+    fn _current_handle(&self, py: Python<'_>) -> Option<Py<Handle>> {
+        self.state
+            .borrow(py)
+            .current
+            .as_ref()
+            .map(|h| h.clone_ref(py))
+    }
+
+    #[getter]
     fn _stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
     }
@@ -562,7 +592,9 @@ impl CoreLoop {
             .compare_exchange(0, current_thread_id(), Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
         {
-            return Err(PyRuntimeError::new_err("This event loop is already running"));
+            return Err(PyRuntimeError::new_err(
+                "This event loop is already running",
+            ));
         }
         let result = loop {
             if let Err(e) = this.run_once(slf) {

@@ -292,7 +292,10 @@ mod tests {
         let (r, w) = pipe();
         map.set(poll.registry(), w, Side::Write, Some(1)).unwrap();
         assert_eq!(poll_once(&mut poll, &mut map), vec![1]);
-        assert_eq!(map.set(poll.registry(), w, Side::Write, None).unwrap(), Some(1));
+        assert_eq!(
+            map.set(poll.registry(), w, Side::Write, None).unwrap(),
+            Some(1)
+        );
         assert!(map.is_empty());
         assert_eq!(poll_once(&mut poll, &mut map), Vec::<u32>::new());
         close(r);
@@ -305,7 +308,10 @@ mod tests {
         let mut map = IoMap::new();
         let (r, w) = pipe();
         map.set(poll.registry(), r, Side::Read, Some(1)).unwrap();
-        assert_eq!(map.set(poll.registry(), r, Side::Read, Some(2)).unwrap(), Some(1));
+        assert_eq!(
+            map.set(poll.registry(), r, Side::Read, Some(2)).unwrap(),
+            Some(1)
+        );
         write(w, b"x");
         assert_eq!(poll_once(&mut poll, &mut map), vec![2]);
         close(r);
@@ -333,7 +339,9 @@ mod tests {
     fn bad_fd_is_an_error_and_leaves_no_entry() {
         let poll = Poll::new().unwrap();
         let mut map: IoMap<u32> = IoMap::new();
-        let err = map.set(poll.registry(), 10_000, Side::Read, Some(1)).unwrap_err();
+        let err = map
+            .set(poll.registry(), 10_000, Side::Read, Some(1))
+            .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EBADF));
         assert!(map.is_empty());
     }

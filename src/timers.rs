@@ -224,7 +224,10 @@ mod tests {
         let removed = h.prune();
         assert_eq!(removed.len(), 270);
         assert_eq!(h.len(), 30);
-        assert_eq!(drain_due(&mut h, 1e9), (0..300).step_by(10).collect::<Vec<_>>());
+        assert_eq!(
+            drain_due(&mut h, 1e9),
+            (0..300).step_by(10).collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -396,10 +396,10 @@ class Loop(SignalsMixin, SocketOpsMixin, _ferroloop.CoreLoop, asyncio.AbstractEv
                     exc_info=True,
                 )
 
-    def _report_callback_error(self, handle, exc) -> None:
+    def _report_callback_error(self, handle, exc, callback, args) -> None:
         # Called by the Rust core when a callback raises (asyncio: Handle._run).
         context = {
-            "message": f"Exception in callback {format_callback(handle._callback, handle._args)}",
+            "message": f"Exception in callback {format_callback(callback, args)}",
             "exception": exc,
             "handle": handle,
         }

@@ -15,7 +15,15 @@ import sys
 from ._ferroloop import BUILD_PROFILE, __version__
 from ._loop import Loop, new_event_loop
 
-__all__ = ["Loop", "new_event_loop", "EventLoopPolicy", "install", "run", "BUILD_PROFILE"]
+__all__ = [
+    "BUILD_PROFILE",
+    "EventLoopPolicy",
+    "Loop",
+    "__version__",
+    "install",
+    "new_event_loop",
+    "run",
+]
 
 
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):

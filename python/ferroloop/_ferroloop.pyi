@@ -1,7 +1,8 @@
 """Type stub of the Rust extension (``ferroloop._ferroloop``)."""
 
 import contextvars
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 BUILD_PROFILE: str
 __version__: str
@@ -18,10 +19,16 @@ class CoreLoop:
     slow_callback_duration: float
     def time(self) -> float: ...
     def call_soon(
-        self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
     ) -> Handle: ...
     def call_soon_threadsafe(
-        self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
     ) -> Handle: ...
     def call_later(
         self,

@@ -161,9 +161,7 @@ class Loop(SignalsMixin, SocketOpsMixin, _ferroloop.CoreLoop, asyncio.AbstractEv
         if bool(enabled) == bool(self._coroutine_origin_tracking_enabled):
             return
         if enabled:
-            self._coroutine_origin_tracking_saved_depth = (
-                sys.get_coroutine_origin_tracking_depth()
-            )
+            self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
             sys.set_coroutine_origin_tracking_depth(10)
         else:
             sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth)
@@ -214,6 +212,7 @@ class Loop(SignalsMixin, SocketOpsMixin, _ferroloop.CoreLoop, asyncio.AbstractEv
                 f"loop.shutdown_asyncgens() call",
                 ResourceWarning,
                 source=self,
+                stacklevel=2,
             )
         self._asyncgens.add(agen)
 
@@ -225,7 +224,7 @@ class Loop(SignalsMixin, SocketOpsMixin, _ferroloop.CoreLoop, asyncio.AbstractEv
         agens = list(self._asyncgens)
         self._asyncgens.clear()
         results = await asyncio.gather(*[ag.aclose() for ag in agens], return_exceptions=True)
-        for result, agen in zip(results, agens):
+        for result, agen in zip(results, agens, strict=True):
             if isinstance(result, Exception):
                 self.call_exception_handler(
                     {
@@ -291,8 +290,7 @@ class Loop(SignalsMixin, SocketOpsMixin, _ferroloop.CoreLoop, asyncio.AbstractEv
                 await asyncio.wait_for(asyncio.shield(done), timeout)
         except asyncio.TimeoutError:
             warnings.warn(
-                "The executor did not finishing joining its threads within "
-                f"{timeout} seconds.",
+                f"The executor did not finishing joining its threads within {timeout} seconds.",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -344,9 +342,8 @@ class Loop(SignalsMixin, SocketOpsMixin, _ferroloop.CoreLoop, asyncio.AbstractEv
         exc_info = (type(exception), exception, exception.__traceback__) if exception else False
         context = dict(context)
         current = self._current_handle
-        if "source_traceback" not in context and current is not None:
-            if current._source_traceback:
-                context["handle_traceback"] = current._source_traceback
+        if "source_traceback" not in context and current is not None and current._source_traceback:
+            context["handle_traceback"] = current._source_traceback
         lines = [message]
         for key in sorted(context):
             if key in ("message", "exception"):

@@ -119,4 +119,6 @@ class SignalsMixin:
             self._csock.close()
             self._ssock = self._csock = None
         elif self._signal_handlers:
-            warnings.warn("signal handlers left installed", ResourceWarning, source=self)
+            warnings.warn(
+                "signal handlers left installed", ResourceWarning, source=self, stacklevel=2
+            )

@@ -70,6 +70,15 @@ impl Handle {
             Some(c) => c.unbind(),
             None => copy_context(py)?,
         };
+        if !args.is_empty() {
+            // Discussion: the `*args` tuple is built fresh for this call and, like the
+            // handle, only lives while the handle is pending, so the collector gains nothing
+            // by tracking it; untracking keeps `call_soon` from triggering collections.
+            // SAFETY: attached; `args` is a live tuple. Untracking is always memory-safe
+            // (tuple deallocation checks whether the object is tracked), at worst a cycle
+            // through these arguments would be left to reference counting.
+            unsafe { ffi::PyObject_GC_UnTrack(args.as_ptr().cast()) };
+        }
         let source_traceback = if debug {
             Some(
                 format_module(py)?

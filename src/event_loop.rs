@@ -29,7 +29,8 @@ use mio::{Events, Poll, Registry, Token, Waker};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyInt, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -74,6 +75,8 @@ struct State {
     current: Option<Py<Handle>>,
     /// When the poller was last asked for events.
     last_poll: f64,
+    /// `set_task_factory`'s callable, if any.
+    task_factory: Option<Py<PyAny>>,
 }
 
 #[pyclass(subclass, frozen, weakref, module = "ferroloop._ferroloop")]
@@ -109,6 +112,49 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         )));
     }
     Ok(fd as RawFd)
+}
+
+/// `asyncio.Future` and `asyncio.Task` (the C implementations when CPython has them), and
+/// the keyword-names tuple `("loop",)` used to call them without building a dict.
+struct AsyncioTypes {
+    future: Py<PyAny>,
+    task: Py<PyAny>,
+    loop_kwname: Py<PyTuple>,
+}
+
+fn asyncio_types(py: Python<'_>) -> PyResult<&AsyncioTypes> {
+    static TYPES: PyOnceLock<AsyncioTypes> = PyOnceLock::new();
+    TYPES.get_or_try_init(py, || {
+        let asyncio = py.import("asyncio")?;
+        Ok(AsyncioTypes {
+            future: asyncio.getattr("Future")?.unbind(),
+            task: asyncio.getattr("Task")?.unbind(),
+            loop_kwname: PyTuple::new(py, ["loop"])?.unbind(),
+        })
+    })
+}
+
+/// `cls(*args, loop=event_loop)` through vectorcall: no keyword dict is built.
+fn call_with_loop<'py>(
+    cls: &Bound<'py, PyAny>,
+    args: &[&Bound<'py, PyAny>],
+    event_loop: &Bound<'py, PyAny>,
+    kwnames: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = cls.py();
+    let mut argv: Vec<*mut ffi::PyObject> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(event_loop.as_ptr());
+    let nargs = args.len();
+    // SAFETY: attached; `argv` holds `nargs` positional arguments followed by one keyword
+    // value, all borrowed references kept alive by the caller for the call's duration, and
+    // `kwnames` names that one keyword. The result is a new reference or NULL with an
+    // exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyObject_Vectorcall(cls.as_ptr(), argv.as_ptr(), nargs, kwnames.as_ptr()),
+        )
+    }
 }
 
 fn repr(obj: &Bound<'_, PyAny>) -> String {
@@ -387,6 +433,7 @@ impl CoreLoop {
                 slow_callback_duration: 0.1,
                 current: None,
                 last_poll: 0.0,
+                task_factory: None,
             }),
             poll: Mutex::new(Some((poll, Events::with_capacity(EVENTS_CAPACITY)))),
             sleeping: AtomicBool::new(false),
@@ -422,6 +469,89 @@ impl CoreLoop {
             .ready
             .push_back(handle.clone_ref(py));
         Ok(handle)
+    }
+
+    /// A new `asyncio.Future` attached to this loop.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let types = asyncio_types(py)?;
+        call_with_loop(
+            types.future.bind(py),
+            &[],
+            slf.as_any(),
+            types.loop_kwname.bind(py),
+        )
+    }
+
+    /// Schedules a coroutine as an `asyncio.Task` (through the task factory if one is set).
+    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed()?;
+        let factory = this
+            .state
+            .borrow(py)
+            .task_factory
+            .as_ref()
+            .map(|f| f.clone_ref(py));
+        let kwargs_empty = kwargs.is_none_or(|k| k.is_empty());
+        if let Some(factory) = factory {
+            let kw = match kwargs {
+                Some(k) => k.copy()?,
+                None => PyDict::new(py),
+            };
+            if let Some(c) = context {
+                kw.set_item(intern!(py, "context"), c)?;
+            }
+            let task = factory.bind(py).call((slf, coro), Some(&kw))?;
+            if let Some(n) = name {
+                task.call_method1(intern!(py, "set_name"), (n,))?;
+            }
+            return Ok(task);
+        }
+        let types = asyncio_types(py)?;
+        let task = types.task.bind(py);
+        if name.is_none() && context.is_none() && kwargs_empty {
+            return call_with_loop(task, &[coro], slf.as_any(), types.loop_kwname.bind(py));
+        }
+        let kw = match kwargs {
+            Some(k) => k.copy()?,
+            None => PyDict::new(py),
+        };
+        kw.set_item(intern!(py, "loop"), slf)?;
+        kw.set_item(intern!(py, "name"), name)?;
+        kw.set_item(intern!(py, "context"), context)?;
+        task.call((coro,), Some(&kw))
+    }
+
+    fn set_task_factory(&self, py: Python<'_>, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let factory = factory.filter(|f| !f.is_none());
+        if factory.as_ref().is_some_and(|f| !f.is_callable()) {
+            return Err(PyTypeError::new_err(
+                "task factory must be a callable or None",
+            ));
+        }
+        let old = std::mem::replace(
+            &mut self.state.borrow_mut(py).task_factory,
+            factory.map(Bound::unbind),
+        );
+        drop(old);
+        Ok(())
+    }
+
+    fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .task_factory
+            .as_ref()
+            .map(|f| f.clone_ref(py))
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -667,6 +797,7 @@ impl CoreLoop {
             for h in st.io.iter() {
                 visit.call(h)?;
             }
+            visit.call(&st.task_factory)?;
         }
         Ok(())
     }
@@ -681,7 +812,12 @@ impl CoreLoop {
                 Some(r) => st.io.clear(r),
                 None => Vec::new(),
             };
-            (std::mem::take(&mut st.ready), st.timers.drain(), io)
+            (
+                std::mem::take(&mut st.ready),
+                st.timers.drain(),
+                io,
+                st.task_factory.take(),
+            )
         };
         drop(taken);
     }

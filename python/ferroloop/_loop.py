@@ -60,7 +60,6 @@ class Loop(SignalsMixin, SocketOpsMixin, _ferroloop.CoreLoop, asyncio.AbstractEv
         self._default_executor = None
         self._executor_shutdown_called = False
         self._exception_handler = None
-        self._task_factory = None
         self._asyncgens = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self._coroutine_origin_tracking_enabled = False
@@ -172,31 +171,7 @@ class Loop(SignalsMixin, SocketOpsMixin, _ferroloop.CoreLoop, asyncio.AbstractEv
 
     # -- futures and tasks ---------------------------------------------------------------
 
-    def create_future(self):
-        return asyncio.Future(loop=self)
-
-    def create_task(self, coro, *, name=None, context=None, **kwargs):
-        """Schedule a coroutine as a Task (through the task factory if one is set)."""
-        self._check_closed()
-        if self._task_factory is None:
-            task = asyncio.Task(coro, loop=self, name=name, context=context, **kwargs)
-            if task._source_traceback:
-                del task._source_traceback[-1]
-        else:
-            if context is not None:
-                kwargs["context"] = context
-            task = self._task_factory(self, coro, **kwargs)
-            if name is not None:
-                task.set_name(name)
-        return task
-
-    def set_task_factory(self, factory) -> None:
-        if factory is not None and not callable(factory):
-            raise TypeError("task factory must be a callable or None")
-        self._task_factory = factory
-
-    def get_task_factory(self):
-        return self._task_factory
+    # create_future, create_task, set_task_factory and get_task_factory are in Rust.
 
     # -- async generators ----------------------------------------------------------------
 

@@ -1,0 +1,134 @@
+"""ferroloop's public API: Loop, new_event_loop, EventLoopPolicy, install(), run().
+
+These tests are ferroloop-only by nature (marked ``ferroloop_only``); they are
+skipped when ferroloop cannot be imported.
+"""
+
+import asyncio
+import sys
+
+import pytest
+
+ferroloop = pytest.importorskip("ferroloop", reason="ferroloop is not importable")
+
+pytestmark = pytest.mark.ferroloop_only
+
+
+async def running_loop():
+    await asyncio.sleep(0)
+    return asyncio.get_running_loop()
+
+
+def test_loop_is_an_abstract_event_loop_subclass():
+    assert issubclass(ferroloop.Loop, asyncio.AbstractEventLoop)
+
+
+def test_new_event_loop_returns_a_fresh_loop():
+    first = ferroloop.new_event_loop()
+    second = ferroloop.new_event_loop()
+    try:
+        assert isinstance(first, ferroloop.Loop)
+        assert first is not second
+        assert not first.is_running() and not first.is_closed()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_loop_instances_accept_attributes():
+    loop = ferroloop.new_event_loop()
+    try:
+        loop.some_attribute = "value"
+        assert loop.some_attribute == "value"
+        del loop.some_attribute
+        assert not hasattr(loop, "some_attribute")
+    finally:
+        loop.close()
+
+
+def test_loop_class_can_be_subclassed():
+    class MyLoop(ferroloop.Loop):
+        def extra(self):
+            return "extra"
+
+    loop = MyLoop()
+    try:
+        assert loop.extra() == "extra"
+        assert loop.run_until_complete(running_loop()) is loop
+    finally:
+        loop.close()
+
+
+def test_event_loop_policy():
+    policy = ferroloop.EventLoopPolicy()
+    assert isinstance(policy, asyncio.AbstractEventLoopPolicy)
+    loop = policy.new_event_loop()
+    try:
+        assert isinstance(loop, ferroloop.Loop)
+    finally:
+        loop.close()
+
+
+def test_install_makes_asyncio_use_ferroloop():
+    # tests/conftest.py restores the previous policy after each test.
+    ferroloop.install()
+    assert isinstance(asyncio.get_event_loop_policy(), ferroloop.EventLoopPolicy)
+    loop = asyncio.new_event_loop()
+    try:
+        assert isinstance(loop, ferroloop.Loop)
+    finally:
+        loop.close()
+    assert isinstance(asyncio.run(running_loop()), ferroloop.Loop)
+
+
+def test_run():
+    async def main(x):
+        loop = await running_loop()
+        return x, loop, loop.get_debug()
+
+    value, loop, debug = ferroloop.run(main(42))
+    assert value == 42
+    assert isinstance(loop, ferroloop.Loop)
+    assert loop.is_closed()
+    assert asyncio._get_running_loop() is None
+
+    _, _, debug = ferroloop.run(main(0), debug=True)
+    assert debug is True
+
+
+def test_run_propagates_exceptions_and_cancels_leftover_tasks():
+    cancelled = []
+    leftovers = []
+
+    async def leftover():
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def main():
+        leftovers.append(asyncio.ensure_future(leftover()))
+        await asyncio.sleep(0)
+        raise LookupError("from main")
+
+    with pytest.raises(LookupError, match="from main"):
+        ferroloop.run(main())
+    assert cancelled == [True]
+    assert leftovers[0].cancelled()
+
+
+def test_asyncio_runner_with_ferroloop_factory():
+    with asyncio.Runner(loop_factory=ferroloop.new_event_loop) as runner:
+        first = runner.run(running_loop())
+        second = runner.run(running_loop())
+        assert first is second is runner.get_loop()
+        assert isinstance(first, ferroloop.Loop)
+    assert first.is_closed()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio.run(loop_factory=) is new in 3.12")
+def test_asyncio_run_with_loop_factory():
+    loop = asyncio.run(running_loop(), loop_factory=ferroloop.new_event_loop)
+    assert isinstance(loop, ferroloop.Loop)
+    assert loop.is_closed()

@@ -1,0 +1,219 @@
+"""call_soon_threadsafe, the GIL while idle, executors and asyncio.to_thread."""
+
+import asyncio
+import concurrent.futures
+import contextvars
+import threading
+import time
+
+import pytest
+
+var = contextvars.ContextVar("var", default="unset")
+
+# The loop is given a fallback timer this far away: a test passing quickly
+# proves the loop was woken by the event under test, not by the timer.
+FAR = 10
+
+
+def start_thread_when_loop_runs(loop, target):
+    """Start target in a thread once the loop is running; return the thread."""
+    thread = threading.Thread(target=target, daemon=True)
+    loop.call_soon(thread.start)
+    return thread
+
+
+def test_call_soon_threadsafe_wakes_an_idle_loop_promptly(loop):
+    woken = []
+
+    def wake_from_thread():
+        # Give the loop time to block in its poll on the far timer; what is
+        # being measured is how quickly the call below wakes it up.
+        time.sleep(0.05)
+        sent = time.monotonic()
+        loop.call_soon_threadsafe(lambda: (woken.append(time.monotonic() - sent), loop.stop()))
+
+    fallback = loop.call_later(FAR, loop.stop)
+    thread = start_thread_when_loop_runs(loop, wake_from_thread)
+    start = time.monotonic()
+    loop.run_forever()
+    thread.join()
+    fallback.cancel()
+    assert len(woken) == 1, "the loop was not woken by call_soon_threadsafe"
+    assert woken[0] < 0.5
+    assert time.monotonic() - start < FAR / 2
+
+
+def test_call_soon_threadsafe_returns_a_handle_that_can_be_cancelled(loop):
+    called = []
+    handle = loop.call_soon_threadsafe(called.append, 1)
+    handle.cancel()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert called == []
+
+
+def test_call_soon_threadsafe_keeps_the_callers_context(loop):
+    seen = []
+    explicit = contextvars.copy_context()
+    explicit.run(var.set, "explicit")
+
+    def from_thread():
+        var.set("thread")
+        loop.call_soon_threadsafe(lambda: seen.append(var.get()))
+        loop.call_soon_threadsafe(lambda: seen.append(var.get()), context=explicit)
+        loop.call_soon_threadsafe(loop.stop)
+
+    fallback = loop.call_later(FAR, loop.stop)
+    thread = start_thread_when_loop_runs(loop, from_thread)
+    loop.run_forever()
+    thread.join()
+    fallback.cancel()
+    assert seen == ["thread", "explicit"]
+
+
+def test_many_threads_deliver_every_call_exactly_once_in_per_thread_order(loop):
+    n_threads, n_calls = 8, 500
+    delivered = []
+    barrier = threading.Barrier(n_threads)
+
+    def on_call(tid, i):
+        delivered.append((tid, i))
+        if len(delivered) == n_threads * n_calls:
+            loop.stop()
+
+    def producer(tid):
+        barrier.wait()
+        for i in range(n_calls):
+            loop.call_soon_threadsafe(on_call, tid, i)
+
+    threads = [threading.Thread(target=producer, args=(t,)) for t in range(n_threads)]
+    for thread in threads:
+        thread.start()
+    fallback = loop.call_later(FAR, loop.stop)
+    loop.run_forever()
+    for thread in threads:
+        thread.join()
+    fallback.cancel()
+    assert sorted(delivered) == [(t, i) for t in range(n_threads) for i in range(n_calls)]
+    for t in range(n_threads):
+        assert [i for tid, i in delivered if tid == t] == list(range(n_calls))
+
+
+def test_gil_is_released_while_the_loop_waits(loop):
+    """A Python thread does pure-Python work while the loop idles on a timer."""
+    result = []
+
+    def worker():
+        total = 0
+        for i in range(2_000_000):
+            total += i
+        loop.call_soon_threadsafe(lambda: (result.append(total), loop.stop()))
+
+    fallback = loop.call_later(5, loop.stop)
+    thread = start_thread_when_loop_runs(loop, worker)
+    loop.run_forever()
+    fallback.cancel()
+    assert result == [sum(range(2_000_000))], "worker could not run while the loop was idle"
+    thread.join()
+
+
+def test_run_in_executor_default_executor(loop):
+    async def main():
+        return await loop.run_in_executor(None, lambda a, b: (a + b, threading.get_ident()), 2, 3)
+
+    value, ident = loop.run_until_complete(main())
+    assert value == 5
+    assert ident != threading.get_ident()
+    loop.run_until_complete(loop.shutdown_default_executor())
+
+
+def test_run_in_executor_returns_an_asyncio_future(loop):
+    async def main():
+        fut = loop.run_in_executor(None, int, "7")
+        assert asyncio.isfuture(fut)
+        return await fut
+
+    assert loop.run_until_complete(main()) == 7
+    loop.run_until_complete(loop.shutdown_default_executor())
+
+
+def test_run_in_executor_propagates_exceptions(loop):
+    def fail():
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        loop.run_until_complete(loop.run_in_executor(None, fail))
+    loop.run_until_complete(loop.shutdown_default_executor())
+
+
+def test_run_in_executor_with_explicit_executor(loop):
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="explicit") as pool:
+        name = loop.run_until_complete(
+            loop.run_in_executor(pool, lambda: threading.current_thread().name)
+        )
+    assert name.startswith("explicit")
+
+
+def test_set_default_executor(loop):
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="custom-default")
+    loop.set_default_executor(pool)
+    name = loop.run_until_complete(
+        loop.run_in_executor(None, lambda: threading.current_thread().name)
+    )
+    assert name.startswith("custom-default")
+    loop.run_until_complete(loop.shutdown_default_executor())
+    assert pool._shutdown
+
+
+def test_set_default_executor_rejects_non_thread_pool_executors(loop):
+    class NotAThreadPool(concurrent.futures.Executor):
+        pass
+
+    with pytest.raises(TypeError):
+        loop.set_default_executor(NotAThreadPool())
+
+
+def test_shutdown_default_executor_waits_for_running_jobs(loop):
+    release = threading.Event()
+    order = []
+
+    def job():
+        release.wait(FAR)
+        order.append("job finished")
+
+    async def main():
+        job_future = loop.run_in_executor(None, job)
+        shutdown = asyncio.ensure_future(loop.shutdown_default_executor())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not shutdown.done()
+        order.append("releasing")
+        release.set()
+        await shutdown
+        order.append("shutdown done")
+        await job_future
+
+    loop.run_until_complete(main())
+    assert order == ["releasing", "job finished", "shutdown done"]
+
+
+def test_run_in_executor_after_shutdown_default_executor_raises(loop):
+    loop.run_until_complete(loop.run_in_executor(None, int))
+    loop.run_until_complete(loop.shutdown_default_executor())
+    with pytest.raises(RuntimeError, match="shutdown"):
+        loop.run_in_executor(None, int)
+
+
+def test_shutdown_default_executor_without_executor_is_a_no_op(loop):
+    assert loop.run_until_complete(loop.shutdown_default_executor()) is None
+
+
+def test_to_thread_runs_in_another_thread_with_the_callers_context(loop):
+    async def main():
+        var.set("task value")
+        return await asyncio.to_thread(lambda x: (x, var.get(), threading.get_ident()), 42)
+
+    x, value, ident = loop.run_until_complete(main())
+    assert (x, value) == (42, "task value")
+    assert ident != threading.get_ident()
+    loop.run_until_complete(loop.shutdown_default_executor())

@@ -1,0 +1,193 @@
+"""call_later / call_at: ordering, punctuality, cancellation and loop.time()."""
+
+import asyncio
+import random
+import time
+
+import pytest
+
+
+def test_timers_fire_in_deadline_order(loop):
+    order = []
+    now = loop.time()
+    loop.call_at(now + 0.03, order.append, "c")
+    loop.call_later(0.01, order.append, "a")
+    loop.call_at(now + 0.02, order.append, "b")
+    loop.call_at(now + 0.04, loop.stop)
+    loop.run_forever()
+    assert order == ["a", "b", "c"]
+
+
+def test_many_timers_fire_in_nondecreasing_deadline_order(loop):
+    rng = random.Random(1234)
+    fired = []
+    now = loop.time()
+    deadlines = [now + rng.uniform(0, 0.05) for _ in range(500)]
+    for when in deadlines:
+        loop.call_at(when, fired.append, when)
+    loop.call_at(now + 0.06, loop.stop)
+    loop.run_forever()
+    assert sorted(fired) == sorted(deadlines)
+    assert fired == sorted(fired)
+
+
+def test_equal_deadlines_keep_fifo_order(loop, loop_kind):
+    if loop_kind == "asyncio":
+        pytest.skip(
+            "ferroloop guarantee beyond asyncio: stdlib's timer heap is not stable, "
+            "so it runs timers with equal deadlines in arbitrary order"
+        )
+    order = []
+    when = loop.time() + 0.01
+    for i in range(200):
+        loop.call_at(when, order.append, i)
+    loop.call_at(when + 0.01, loop.stop)
+    loop.run_forever()
+    assert order == list(range(200))
+
+
+@pytest.mark.parametrize("delay", [0.001, 0.01, 0.05])
+def test_timer_never_fires_early(loop, delay):
+    observed = []
+    start = time.monotonic()
+
+    def callback():
+        observed.append((loop.time(), handle.when(), time.monotonic() - start))
+        loop.stop()
+
+    handle = loop.call_later(delay, callback)
+    loop.run_forever()
+    [(now, when, elapsed)] = observed
+    assert now >= when
+    assert elapsed >= delay
+
+
+def test_sleep_never_returns_early(loop):
+    async def main():
+        start = loop.time()
+        await asyncio.sleep(0.05)
+        return loop.time() - start
+
+    assert loop.run_until_complete(main()) >= 0.05
+
+
+def test_timer_handle_when(loop):
+    when = loop.time() + 100
+    handle = loop.call_at(when, print)
+    assert handle.when() == when
+
+    before = loop.time()
+    later = loop.call_later(10, print)
+    after = loop.time()
+    assert before + 10 <= later.when() <= after + 10
+    handle.cancel()
+    later.cancel()
+
+
+def test_cancelled_timer_does_not_fire(loop):
+    fired = []
+    handle = loop.call_later(0.01, fired.append, "cancelled")
+    loop.call_later(0.02, fired.append, "kept")
+    handle.cancel()
+    assert handle.cancelled()
+    loop.call_later(0.03, loop.stop)
+    loop.run_forever()
+    assert fired == ["kept"]
+
+
+def test_due_timer_cancelled_by_an_earlier_callback_of_the_same_iteration(loop):
+    fired = []
+    timer = loop.call_at(loop.time() - 1, fired.append, "timer")
+    loop.call_soon(timer.cancel)
+    loop.stop()
+    loop.run_forever()
+    assert fired == []
+    assert timer.cancelled()
+
+
+def test_due_timers_run_after_callbacks_already_queued(loop):
+    order = []
+    loop.call_at(loop.time() - 1, order.append, "timer")
+    loop.call_soon(order.append, "soon")
+    loop.stop()
+    loop.run_forever()
+    assert order == ["soon", "timer"]
+
+
+def test_timer_cancelled_from_another_timer_does_not_fire(loop):
+    fired = []
+    victim = loop.call_later(0.03, fired.append, "victim")
+    loop.call_later(0.01, victim.cancel)
+    loop.call_later(0.05, loop.stop)
+    loop.run_forever()
+    assert fired == []
+
+
+@pytest.mark.parametrize("delay", [0, -1, -1e9])
+def test_zero_or_negative_delay_runs_in_the_next_iteration(loop, delay):
+    fired = []
+    handle = loop.call_later(delay, fired.append, delay)
+    assert handle.when() <= loop.time()
+    loop.stop()
+    loop.run_forever()
+    assert fired == [delay]
+
+
+def test_far_timer_does_not_delay_stop(loop):
+    handle = loop.call_later(3600, print)
+    start = time.monotonic()
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert time.monotonic() - start < 1
+    handle.cancel()
+
+
+@pytest.mark.parametrize("delay", ["1", None, [], object()])
+def test_call_later_with_non_numeric_delay_raises_type_error(loop, delay):
+    with pytest.raises(TypeError):
+        loop.call_later(delay, print)
+
+
+def test_call_at_with_none_raises_type_error(loop):
+    with pytest.raises(TypeError):
+        loop.call_at(None, print)
+
+
+def test_timer_callback_gets_args(loop):
+    received = []
+    loop.call_later(0, received.append, ("a", 1))
+    loop.call_at(loop.time(), received.append, ("b", 2))
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert sorted(received) == [("a", 1), ("b", 2)]
+
+
+def test_loop_time_matches_time_monotonic(loop):
+    before = time.monotonic()
+    now = loop.time()
+    after = time.monotonic()
+    assert before - 0.001 <= now <= after + 0.001
+
+
+def test_loop_time_is_current_inside_a_slow_callback(loop):
+    readings = []
+
+    def slow_callback():
+        start = loop.time()
+        time.sleep(0.05)  # the callback's own blocking work, not a wait for an event
+        before = time.monotonic()
+        now = loop.time()
+        after = time.monotonic()
+        readings.append((now - start, before, now, after))
+
+    loop.call_soon(slow_callback)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    [(elapsed, before, now, after)] = readings
+    assert elapsed >= 0.045
+    assert before - 0.001 <= now <= after + 0.001
+
+
+def test_loop_time_is_monotonic(loop):
+    readings = [loop.time() for _ in range(10_000)]
+    assert readings == sorted(readings)

@@ -4,6 +4,7 @@ import asyncio
 import contextvars
 import gc
 import sys
+import weakref
 
 import pytest
 
@@ -346,3 +347,33 @@ def test_unclosed_loop_warns_when_garbage_collected(loop_factory):
     with pytest.warns(ResourceWarning, match="unclosed event loop"):
         del lp
         gc.collect()
+
+
+class Callback:
+    """A callable whose lifetime a test can watch through a weak reference."""
+
+    def __call__(self, *args):
+        pass
+
+
+def test_cancel_releases_the_callback_and_its_args(loop):
+    callback, arg = Callback(), Callback()
+    refs = [weakref.ref(callback), weakref.ref(arg)]
+    handles = [loop.call_soon(callback, arg), loop.call_later(10, callback, arg)]
+    del callback, arg
+    for handle in handles:
+        handle.cancel()
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+
+
+def test_close_releases_pending_callbacks(loop):
+    callback = Callback()
+    ref = weakref.ref(callback)
+    loop.call_soon(callback)
+    loop.call_later(10, callback)
+    loop.call_soon_threadsafe(callback)
+    del callback
+    loop.close()
+    gc.collect()
+    assert ref() is None

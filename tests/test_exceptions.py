@@ -116,6 +116,13 @@ def test_default_exception_handler_can_be_called_directly(loop, caplog):
     assert isinstance(record.exc_info[1], KeyError)
 
 
+def test_default_handler_without_a_message(loop, caplog):
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    loop.default_exception_handler({"exception": KeyError("k")})
+    [record] = [r for r in caplog.records if r.name == "asyncio"]
+    assert record.getMessage().startswith("Unhandled exception in event loop")
+
+
 def test_failing_custom_handler_falls_back_to_default_handler(loop, caplog):
     def bad_handler(lp, context):
         raise RuntimeError("handler failed")

@@ -238,3 +238,94 @@ def test_fd_closed_and_reused_in_the_same_batch_gets_no_stale_event(loop):
     assert len(events) == 2, events
     assert events[0] in ("a first", "b first")
     assert events[1] == ("new owner read", b"fresh")
+
+
+def test_reader_is_called_at_peer_eof(loop, pair):
+    r, w = pair
+    received = []
+
+    def on_readable():
+        received.append(r.recv(100))
+        loop.remove_reader(r)
+        loop.stop()
+
+    loop.add_reader(r, on_readable)
+    loop.call_soon(w.close)
+    fallback = loop.call_later(FAR, loop.stop)
+    loop.run_forever()
+    fallback.cancel()
+    assert received == [b""]
+
+
+def test_writer_waits_while_a_pipe_is_full(loop):
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    os.set_blocking(wfd, False)
+    try:
+        while True:  # fill the pipe
+            try:
+                os.write(wfd, b"x" * 65536)
+            except BlockingIOError:
+                break
+        calls = []
+
+        def on_writable():
+            calls.append(os.write(wfd, b"y"))
+            loop.remove_writer(wfd)
+            loop.stop()
+
+        loop.add_writer(wfd, on_writable)
+        for _ in range(3):  # the pipe is full: not writable
+            loop.stop()
+            loop.run_forever()
+        assert calls == []
+
+        while True:  # drain it
+            try:
+                os.read(rfd, 1 << 20)
+            except BlockingIOError:
+                break
+        fallback = loop.call_later(FAR, loop.stop)
+        loop.run_forever()
+        fallback.cancel()
+        assert calls == [1]
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+
+
+def test_remove_reader_after_the_fd_was_closed(loop, pair):
+    r, _ = pair
+    fd = r.fileno()
+    loop.add_reader(fd, print)
+    r.close()
+    loop.stop()
+    loop.run_forever()
+    assert loop.remove_reader(fd) is True
+    assert loop.remove_reader(fd) is False
+
+
+def test_many_readers_in_one_batch(loop):
+    pairs = [socket.socketpair() for _ in range(300)]
+    try:
+        seen = set()
+
+        def on_readable(i, sock):
+            assert sock.recv(10) == b"%d" % i
+            loop.remove_reader(sock)
+            seen.add(i)
+            if len(seen) == len(pairs):
+                loop.stop()
+
+        for i, (r, w) in enumerate(pairs):
+            r.setblocking(False)
+            loop.add_reader(r, on_readable, i, r)
+            w.send(b"%d" % i)
+        fallback = loop.call_later(FAR, loop.stop)
+        loop.run_forever()
+        fallback.cancel()
+        assert seen == set(range(len(pairs)))
+    finally:
+        for r, w in pairs:
+            r.close()
+            w.close()

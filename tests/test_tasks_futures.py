@@ -64,6 +64,14 @@ def test_create_task_context(loop):
     assert var.get() == "unset"
 
 
+def test_create_task_on_a_closed_loop_raises(loop):
+    loop.close()
+    coro = asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.create_task(coro)
+    coro.close()
+
+
 def test_task_factory(loop):
     created = []
 
@@ -310,3 +318,23 @@ def test_garbage_collected_async_generator_is_closed_by_the_loop(loop):
         return list(events)
 
     assert loop.run_until_complete(main()) == ["finalized"]
+
+
+def test_shutdown_asyncgens_reports_errors_to_the_handler(loop, expect_exception_handler):
+    async def agen():
+        try:
+            yield 1
+        finally:
+            raise ValueError("during aclose")
+
+    gen = agen()
+
+    async def main():
+        assert await gen.__anext__() == 1
+
+    loop.run_until_complete(main())
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    [context] = expect_exception_handler
+    assert "asynchronous generator" in context["message"]
+    assert isinstance(context["exception"], ValueError)
+    assert context["asyncgen"] is gen

@@ -43,6 +43,19 @@ def test_call_soon_threadsafe_wakes_an_idle_loop_promptly(loop):
     assert time.monotonic() - start < FAR / 2
 
 
+def test_loop_with_nothing_scheduled_is_woken_by_call_soon_threadsafe(loop):
+    woken = []
+
+    def wake_from_thread():
+        time.sleep(0.05)  # let the loop block in its poll, which has no timeout at all
+        loop.call_soon_threadsafe(lambda: (woken.append(True), loop.stop()))
+
+    thread = start_thread_when_loop_runs(loop, wake_from_thread)
+    loop.run_forever()
+    thread.join()
+    assert woken == [True]
+
+
 def test_call_soon_threadsafe_returns_a_handle_that_can_be_cancelled(loop):
     called = []
     handle = loop.call_soon_threadsafe(called.append, 1)

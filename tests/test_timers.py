@@ -191,3 +191,24 @@ def test_loop_time_is_current_inside_a_slow_callback(loop):
 def test_loop_time_is_monotonic(loop):
     readings = [loop.time() for _ in range(10_000)]
     assert readings == sorted(readings)
+
+
+@pytest.mark.parametrize("delay", [float("inf"), 1e300, 1e12])
+def test_huge_delays_are_accepted_and_never_fire(loop, delay):
+    fired = []
+    handle = loop.call_later(delay, fired.append, delay)
+    assert handle.when() >= delay
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert fired == []
+    handle.cancel()
+
+
+def test_many_cancelled_timers_do_not_fire(loop):
+    fired = []
+    handles = [loop.call_later(i / 100_000, fired.append, i) for i in range(2000)]
+    for handle in handles[::2]:
+        handle.cancel()
+    loop.call_later(0.05, loop.stop)
+    loop.run_forever()
+    assert sorted(fired) == list(range(1, 2000, 2))

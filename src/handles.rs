@@ -28,6 +28,15 @@ pub fn format_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
         .map(|m| m.bind(py))
 }
 
+/// `asyncio.<name>`, looked up once per name.
+fn asyncio_class(py: Python<'_>, name: &'static str) -> PyResult<Py<PyAny>> {
+    static HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    static TIMER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let cell = if name == "Handle" { &HANDLE } else { &TIMER };
+    cell.get_or_try_init(py, || Ok(py.import("asyncio")?.getattr(name)?.unbind()))
+        .map(|c| c.clone_ref(py))
+}
+
 struct Callback {
     func: Py<PyAny>,
     args: Py<PyTuple>,
@@ -182,6 +191,16 @@ impl Handle {
         self.context.clone_ref(py)
     }
 
+    /// `asyncio.Handle`, so `isinstance(handle, asyncio.Handle)` holds as it does for
+    /// asyncio's own handles (isinstance consults `__class__` when the type itself is not a
+    /// subclass). Discussion: a PyO3 class cannot inherit from `asyncio.Handle` (its
+    /// `__slots__` layout conflicts with ours), and making handles Python objects would put
+    /// them back on the hot path.
+    #[getter]
+    fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        asyncio_class(py, "Handle")
+    }
+
     #[getter]
     fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.callback
@@ -262,6 +281,12 @@ impl Cancellable for Py<TimerHandle> {
 impl TimerHandle {
     fn when(&self) -> f64 {
         self.when
+    }
+
+    /// `asyncio.TimerHandle` (see `Handle.__class__`).
+    #[getter]
+    fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        asyncio_class(py, "TimerHandle")
     }
 
     #[getter]

@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -229,3 +230,32 @@ def test_sigint_interrupts_run_until_complete(loop, default_sigint_handler):
         loop.run_until_complete(main())
     assert time.monotonic() - start < FAR / 2
     assert not loop.is_running()
+
+
+@pytest.mark.parametrize("source", ["timer", "reader"])
+def test_keyboard_interrupt_from_timer_or_reader_callback_propagates(loop, source):
+    hooks = sys.get_asyncgen_hooks()
+
+    def raiser():
+        raise KeyboardInterrupt
+
+    r, w = socket.socketpair()
+    try:
+        if source == "timer":
+            loop.call_later(0.001, raiser)
+        else:
+            r.setblocking(False)
+            loop.add_reader(r, raiser)
+            w.send(b"x")
+        fallback = loop.call_later(FAR, loop.stop)
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_forever()
+        fallback.cancel()
+        loop.remove_reader(r)
+    finally:
+        r.close()
+        w.close()
+    assert not loop.is_running()
+    assert asyncio._get_running_loop() is None
+    assert sys.get_asyncgen_hooks() == hooks
+    assert loop.run_until_complete(asyncio.sleep(0, "ok")) == "ok"

@@ -1,9 +1,13 @@
 """add_reader / add_writer / remove_reader / remove_writer."""
 
+import contextvars
 import os
 import socket
+import time
 
 import pytest
+
+var = contextvars.ContextVar("var", default="unset")
 
 FAR = 10
 
@@ -329,3 +333,37 @@ def test_many_readers_in_one_batch(loop):
         for r, w in pairs:
             r.close()
             w.close()
+
+
+def test_reader_runs_in_the_context_copied_at_add_reader_time(loop, pair):
+    r, w = pair
+    seen = []
+
+    def on_readable():
+        seen.append(var.get())
+        r.recv(100)
+        loop.remove_reader(r)
+        loop.stop()
+
+    token = var.set("at add_reader")
+    try:
+        loop.add_reader(r, on_readable)
+        var.set("later")
+        w.send(b"x")
+        fallback = loop.call_later(FAR, loop.stop)
+        loop.run_forever()
+        fallback.cancel()
+    finally:
+        var.reset(token)
+    assert seen == ["at add_reader"]
+
+
+def test_idle_loop_with_a_registered_reader_does_not_busy_wait(loop, pair):
+    r, _ = pair
+    loop.add_reader(r, print)
+    loop.call_later(0.2, loop.stop)
+    cpu = time.process_time()
+    loop.run_forever()
+    cpu = time.process_time() - cpu
+    loop.remove_reader(r)
+    assert cpu < 0.1, f"the loop used {cpu:.3f} s of CPU while waiting 0.2 s"

@@ -1,6 +1,7 @@
 """add_signal_handler / remove_signal_handler (Unix signals delivered with os.kill)."""
 
 import asyncio
+import contextvars
 import os
 import signal
 import threading
@@ -9,6 +10,8 @@ import time
 import pytest
 
 FAR = 10
+
+var = contextvars.ContextVar("var", default="unset")
 
 
 @pytest.fixture(autouse=True)
@@ -169,3 +172,59 @@ def test_add_signal_handler_outside_the_main_thread_raises_runtime_error(loop):
     thread.join()
     assert outcome == ["RuntimeError"]
     assert loop.remove_signal_handler(signal.SIGUSR1) is False
+
+
+def test_signal_handler_runs_in_the_context_copied_at_add_time(loop):
+    seen = []
+    token = var.set("at add_signal_handler")
+    try:
+        loop.add_signal_handler(signal.SIGUSR1, lambda: (seen.append(var.get()), loop.stop()))
+        var.set("later")
+        loop.call_soon(os.kill, os.getpid(), signal.SIGUSR1)
+        fallback = loop.call_later(FAR, loop.stop)
+        loop.run_forever()
+        fallback.cancel()
+    finally:
+        var.reset(token)
+    assert seen == ["at add_signal_handler"]
+
+
+def test_signal_received_while_not_running_is_handled_at_the_next_run(loop):
+    calls = []
+    loop.add_signal_handler(signal.SIGUSR1, lambda: (calls.append("handled"), loop.stop()))
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert calls == []
+    fallback = loop.call_later(FAR, loop.stop)
+    loop.run_forever()
+    fallback.cancel()
+    assert calls == ["handled"]
+
+
+def test_sigint_handler_replaces_keyboard_interrupt(loop):
+    saved = signal.getsignal(signal.SIGINT)
+    calls = []
+    try:
+        loop.add_signal_handler(signal.SIGINT, lambda: (calls.append("SIGINT"), loop.stop()))
+        loop.call_soon(os.kill, os.getpid(), signal.SIGINT)
+        fallback = loop.call_later(FAR, loop.stop)
+        loop.run_forever()  # must not raise KeyboardInterrupt
+        fallback.cancel()
+        assert loop.remove_signal_handler(signal.SIGINT) is True
+    finally:
+        signal.signal(signal.SIGINT, saved)
+    assert calls == ["SIGINT"]
+
+
+def test_exception_in_signal_handler_goes_to_the_exception_handler(loop, expect_exception_handler):
+    def handler():
+        loop.stop()
+        raise ValueError("in signal handler")
+
+    loop.add_signal_handler(signal.SIGUSR1, handler)
+    loop.call_soon(os.kill, os.getpid(), signal.SIGUSR1)
+    fallback = loop.call_later(FAR, loop.stop)
+    loop.run_forever()
+    fallback.cancel()
+    [context] = expect_exception_handler
+    assert isinstance(context["exception"], ValueError)
+    assert context["message"].startswith("Exception in callback")

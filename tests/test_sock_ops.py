@@ -1,8 +1,10 @@
 """loop.sock_* operations on non-blocking sockets, over 127.0.0.1 / ::1 only."""
 
 import asyncio
+import io
 import os
 import socket
+import struct
 
 import pytest
 
@@ -355,3 +357,68 @@ def test_blocking_socket_raises_value_error_in_debug_mode(loop, operation):
                 }
                 with pytest.raises(ValueError, match="non-blocking"):
                     run(loop, operations[operation]())
+
+
+def test_sock_recv_zero_bytes_returns_at_once(loop, tcp_pair):
+    _, conn = tcp_pair
+    assert run(loop, loop.sock_recv(conn, 0)) == b""
+
+
+def test_sock_sendall_empty_data(loop, tcp_pair):
+    client, conn = tcp_pair
+
+    async def main():
+        assert await loop.sock_sendall(client, b"") is None
+        await loop.sock_sendall(client, b"after empty")
+        return await recv_exactly(loop, conn, len(b"after empty"))
+
+    assert run(loop, main()) == b"after empty"
+
+
+def test_sock_recv_connection_reset(loop, tcp_pair):
+    client, conn = tcp_pair
+    # SO_LINGER with a zero timeout makes close() send a RST.
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+    with pytest.raises(ConnectionResetError):
+        run(loop, loop.sock_recv(conn, 100))
+
+
+def test_sock_sendfile_falls_back_for_objects_without_a_file_descriptor(loop, tcp_pair):
+    client, conn = tcp_pair
+    content = os.urandom(200_000)
+
+    async def main():
+        return await asyncio.gather(
+            loop.sock_sendfile(client, io.BytesIO(content)),
+            recv_exactly(loop, conn, len(content)),
+        )
+
+    sent, received = run(loop, main())
+    assert sent == len(content)
+    assert received == content
+    loop.run_until_complete(loop.shutdown_default_executor())
+
+
+def test_sock_sendfile_without_fallback_raises(loop, tcp_pair):
+    client, _ = tcp_pair
+    with pytest.raises(asyncio.SendfileNotAvailableError):
+        run(loop, loop.sock_sendfile(client, io.BytesIO(b"data"), fallback=False))
+
+
+def test_sock_sendfile_checks_its_arguments(loop, tcp_pair, sockets, tmp_path):
+    client, _ = tcp_pair
+    path = tmp_path / "data.txt"
+    path.write_bytes(b"data")
+    udp = sockets(socket.AF_INET, socket.SOCK_DGRAM)
+    with open(path, "rb") as binary, open(path) as text:
+        for sock, file, offset, count, error in [
+            (client, text, 0, None, ValueError),
+            (udp, binary, 0, None, ValueError),
+            (client, binary, -1, None, ValueError),
+            (client, binary, "0", None, TypeError),
+            (client, binary, 0, 0, ValueError),
+            (client, binary, 0, 1.5, TypeError),
+        ]:
+            with pytest.raises(error):
+                run(loop, loop.sock_sendfile(sock, file, offset, count))

@@ -3,6 +3,7 @@
 import asyncio
 import concurrent.futures
 import contextvars
+import socket
 import threading
 import time
 
@@ -229,4 +230,25 @@ def test_to_thread_runs_in_another_thread_with_the_callers_context(loop):
     x, value, ident = loop.run_until_complete(main())
     assert (x, value) == (42, "task value")
     assert ident != threading.get_ident()
+    loop.run_until_complete(loop.shutdown_default_executor())
+
+
+def test_loop_runs_in_a_non_main_thread(loop):
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+
+    async def work():
+        await asyncio.sleep(0.01)
+        addresses = await loop.getaddrinfo("127.0.0.1", 80, type=socket.SOCK_STREAM)
+        return threading.get_ident(), asyncio.get_running_loop(), addresses[0][4]
+
+    try:
+        ident, running, address = asyncio.run_coroutine_threadsafe(work(), loop).result(FAR)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(FAR)
+    assert not thread.is_alive()
+    assert ident == thread.ident
+    assert running is loop
+    assert address == ("127.0.0.1", 80)
     loop.run_until_complete(loop.shutdown_default_executor())

@@ -1,10 +1,13 @@
 """call_later / call_at: ordering, punctuality, cancellation and loop.time()."""
 
 import asyncio
+import contextvars
 import random
 import time
 
 import pytest
+
+var = contextvars.ContextVar("var", default="unset")
 
 
 def test_timers_fire_in_deadline_order(loop):
@@ -212,3 +215,40 @@ def test_many_cancelled_timers_do_not_fire(loop):
     loop.call_later(0.05, loop.stop)
     loop.run_forever()
     assert sorted(fired) == list(range(1, 2000, 2))
+
+
+def test_timer_runs_in_the_context_copied_at_call_time(loop):
+    seen = []
+    token = var.set("at call_later")
+    try:
+        loop.call_later(0.001, lambda: seen.append(var.get()))
+        var.set("later")
+        loop.call_later(0.01, loop.stop)
+        loop.run_forever()
+    finally:
+        var.reset(token)
+    assert seen == ["at call_later"]
+
+
+def test_short_timers_are_not_badly_late(loop):
+    lateness = []
+
+    def fire(expected):
+        lateness.append(loop.time() - expected)
+
+    now = loop.time()
+    for i in range(1, 51):
+        loop.call_at(now + i / 1000, fire, now + i / 1000)
+    loop.call_at(now + 0.06, loop.stop)
+    loop.run_forever()
+    assert len(lateness) == 50
+    assert min(lateness) >= 0
+    assert max(lateness) < 0.5
+
+
+def test_loop_waiting_for_a_timer_does_not_busy_wait(loop):
+    loop.call_later(0.2, loop.stop)
+    cpu = time.process_time()
+    loop.run_forever()
+    cpu = time.process_time() - cpu
+    assert cpu < 0.1, f"the loop used {cpu:.3f} s of CPU while waiting 0.2 s"

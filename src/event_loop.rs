@@ -19,7 +19,7 @@
 //! about to be, blocked in the poller and nobody has written it since: N wake-ups from
 //! other threads during one wait cost one syscall.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,8 +38,11 @@ use crate::gil_cell::GilCell;
 use crate::handles::{format_module, Handle, TimerHandle};
 use crate::poller::{IoMap, Ready, Side};
 use crate::timers::TimerHeap;
+use crate::transport::StreamTransport;
 
 const WAKER_TOKEN: Token = Token(usize::MAX);
+/// Tokens of Rust-owned sockets (transports) carry this bit above the fd.
+const NATIVE_BIT: usize = 1 << 40;
 const EVENTS_CAPACITY: usize = 1024;
 /// While callbacks are ready, the poller is asked for I/O at most this often (seconds).
 /// Discussion: asyncio polls (with a zero timeout) on every iteration, which costs a
@@ -64,8 +67,26 @@ fn current_thread_id() -> u64 {
     unsafe { ffi::PyThread_get_thread_ident() as u64 }
 }
 
+/// An entry of the ready queue: a Python callback, or a turn of a Rust transport.
+pub enum ReadyItem {
+    Handle(Py<Handle>),
+    Read(Py<StreamTransport>),
+    Write(Py<StreamTransport>),
+}
+
+impl ReadyItem {
+    fn as_object(&self) -> &Py<PyAny> {
+        match self {
+            ReadyItem::Handle(h) => h.as_any(),
+            ReadyItem::Read(t) | ReadyItem::Write(t) => t.as_any(),
+        }
+    }
+}
+
 struct State {
-    ready: VecDeque<Py<Handle>>,
+    ready: VecDeque<ReadyItem>,
+    /// Rust transports by fd (registered with `NATIVE_BIT` tokens, edge-triggered).
+    transports: HashMap<RawFd, Py<StreamTransport>>,
     timers: TimerHeap<Py<TimerHandle>>,
     io: IoMap<Py<Handle>>,
     registry: Option<Registry>,
@@ -249,6 +270,7 @@ impl CoreLoop {
         args: Bound<'_, PyTuple>,
     ) -> PyResult<()> {
         let fd = fileobj_to_fd(fd)?;
+        self.ensure_fd_no_transport(py, fd)?;
         self.check_closed()?;
         let handle = self.new_handle(py, callback, args, None, true)?;
         let old = self.set_io(py, fd, side, Some(handle))?;
@@ -256,6 +278,97 @@ impl CoreLoop {
             old.bind(py).call_method0(intern!(py, "cancel"))?;
         }
         Ok(())
+    }
+
+    /// asyncio's `_ensure_fd_no_transport`: an fd owned by an open transport is off limits.
+    fn ensure_fd_no_transport(&self, py: Python<'_>, fd: RawFd) -> PyResult<()> {
+        let transport = self
+            .state
+            .borrow(py)
+            .transports
+            .get(&fd)
+            .map(|t| t.clone_ref(py));
+        if let Some(t) = transport {
+            if !t.get().is_closing(py) {
+                return Err(PyRuntimeError::new_err(format!(
+                    "File descriptor {fd} is used by transport {}",
+                    repr(t.bind(py).as_any())
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a transport's socket: readable always, writable when asked.
+    pub fn transport_register(
+        &self,
+        py: Python<'_>,
+        transport: Py<StreamTransport>,
+        write: bool,
+    ) -> PyResult<()> {
+        let fd = transport.get().fd();
+        let mut st = self.state.borrow_mut(py);
+        let Some(registry) = st.registry.as_ref() else {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        };
+        let interest = if write {
+            mio::Interest::READABLE | mio::Interest::WRITABLE
+        } else {
+            mio::Interest::READABLE
+        };
+        let token = Token(fd as usize | NATIVE_BIT);
+        let mut source = mio::unix::SourceFd(&fd);
+        match registry.register(&mut source, token, interest) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                registry.reregister(&mut source, token, interest)
+            }
+            r => r,
+        }
+        .map_err(os_error)?;
+        let old = st.transports.insert(fd, transport);
+        drop(st);
+        drop(old);
+        Ok(())
+    }
+
+    /// Turns a registered transport's writable interest on or off.
+    pub fn transport_modify(&self, py: Python<'_>, fd: RawFd, write: bool) -> PyResult<()> {
+        let st = self.state.borrow(py);
+        let Some(registry) = st.registry.as_ref() else {
+            return Ok(());
+        };
+        let interest = if write {
+            mio::Interest::READABLE | mio::Interest::WRITABLE
+        } else {
+            mio::Interest::READABLE
+        };
+        registry
+            .reregister(
+                &mut mio::unix::SourceFd(&fd),
+                Token(fd as usize | NATIVE_BIT),
+                interest,
+            )
+            .map_err(os_error)
+    }
+
+    /// Forgets a transport's socket (it is about to be closed).
+    pub fn transport_unregister(&self, py: Python<'_>, fd: RawFd) {
+        let old = {
+            let mut st = self.state.borrow_mut(py);
+            if let Some(registry) = st.registry.as_ref() {
+                let _ = registry.deregister(&mut mio::unix::SourceFd(&fd));
+            }
+            st.transports.remove(&fd)
+        };
+        drop(old);
+    }
+
+    /// Queues a turn of reading for a transport.
+    pub fn push_transport_read(&self, py: Python<'_>, transport: Py<StreamTransport>) {
+        self.state
+            .borrow_mut(py)
+            .ready
+            .push_back(ReadyItem::Read(transport));
     }
 
     fn remove_io(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, side: Side) -> PyResult<bool> {
@@ -342,11 +455,33 @@ impl CoreLoop {
         }
         if !events.is_empty() {
             let mut st = self.state.borrow_mut(py);
-            let State { io, ready, .. } = &mut *st;
+            let State {
+                io,
+                ready,
+                transports,
+                ..
+            } = &mut *st;
             for ev in events.iter() {
-                if ev.token() != WAKER_TOKEN {
-                    io.dispatch(Ready::from_event(ev), |h| ready.push_back(h.clone_ref(py)));
+                let token = ev.token();
+                if token == WAKER_TOKEN {
+                    continue;
                 }
+                if token.0 & NATIVE_BIT != 0 {
+                    let r = Ready::from_event(ev);
+                    let fd = (token.0 & !NATIVE_BIT) as RawFd;
+                    if let Some(t) = transports.get(&fd) {
+                        if r.readable {
+                            ready.push_back(ReadyItem::Read(t.clone_ref(py)));
+                        }
+                        if r.writable {
+                            ready.push_back(ReadyItem::Write(t.clone_ref(py)));
+                        }
+                    }
+                    continue;
+                }
+                io.dispatch(Ready::from_event(ev), |h| {
+                    ready.push_back(ReadyItem::Handle(h.clone_ref(py)))
+                });
             }
         }
         Ok(())
@@ -368,7 +503,7 @@ impl CoreLoop {
                 if bound.as_super().get().is_cancelled() {
                     dead.push(t);
                 } else {
-                    ready.push_back(bound.as_super().clone().unbind());
+                    ready.push_back(ReadyItem::Handle(bound.as_super().clone().unbind()));
                     dead.push(t);
                 }
             }
@@ -383,8 +518,18 @@ impl CoreLoop {
         let debug = self.debug.load(Ordering::Relaxed);
         for _ in 0..ntodo {
             let next = self.state.borrow_mut(py).ready.pop_front();
-            let Some(handle) = next else { break };
-            let handle = handle.into_bound(py);
+            let handle = match next {
+                None => break,
+                Some(ReadyItem::Handle(h)) => h.into_bound(py),
+                Some(ReadyItem::Read(t)) => {
+                    StreamTransport::on_readable(t.bind(py))?;
+                    continue;
+                }
+                Some(ReadyItem::Write(t)) => {
+                    StreamTransport::on_writable(t.bind(py))?;
+                    continue;
+                }
+            };
             if debug {
                 self.state.borrow_mut(py).current = Some(handle.clone().unbind());
                 let t0 = monotonic();
@@ -426,6 +571,7 @@ impl CoreLoop {
         Ok(CoreLoop {
             state: GilCell::new(State {
                 ready: VecDeque::new(),
+                transports: HashMap::new(),
                 timers: TimerHeap::new(),
                 io: IoMap::new(),
                 registry: Some(registry),
@@ -467,7 +613,7 @@ impl CoreLoop {
         self.state
             .borrow_mut(py)
             .ready
-            .push_back(handle.clone_ref(py));
+            .push_back(ReadyItem::Handle(handle.clone_ref(py)));
         Ok(handle)
     }
 
@@ -568,7 +714,7 @@ impl CoreLoop {
         }
         let handle = self.new_handle(py, callback, args, context, false)?;
         let st = &mut *self.state.borrow_mut(py);
-        st.ready.push_back(handle.clone_ref(py));
+        st.ready.push_back(ReadyItem::Handle(handle.clone_ref(py)));
         if self.sleeping.load(Ordering::SeqCst) && !self.wake_pending.swap(true, Ordering::SeqCst) {
             if let Some(w) = &st.waker {
                 // A failed wake can only mean the eventfd counter is saturated, i.e. a
@@ -764,7 +910,7 @@ impl CoreLoop {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        let (ready, timers, io, registry, waker) = {
+        let (ready, timers, io, registry, waker, transports) = {
             let mut st = self.state.borrow_mut(py);
             let st = &mut *st;
             let io = match &st.registry {
@@ -777,9 +923,10 @@ impl CoreLoop {
                 io,
                 st.registry.take(),
                 st.waker.take(),
+                std::mem::take(&mut st.transports),
             )
         };
-        drop((ready, timers, io, registry, waker));
+        drop((ready, timers, io, registry, waker, transports));
         if let Ok(mut g) = self.poll.lock() {
             g.take();
         }
@@ -788,8 +935,11 @@ impl CoreLoop {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(st) = self.state.try_borrow_for_gc() {
-            for h in st.ready.iter() {
-                visit.call(h)?;
+            for item in st.ready.iter() {
+                visit.call(item.as_object())?;
+            }
+            for t in st.transports.values() {
+                visit.call(t)?;
             }
             for t in st.timers.iter() {
                 visit.call(t)?;
@@ -817,6 +967,7 @@ impl CoreLoop {
                 st.timers.drain(),
                 io,
                 st.task_factory.take(),
+                std::mem::take(&mut st.transports),
             )
         };
         drop(taken);

@@ -8,6 +8,7 @@ mod gil_cell;
 mod handles;
 pub mod poller;
 pub mod timers;
+mod transport;
 
 use pyo3::prelude::*;
 
@@ -16,6 +17,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::CoreLoop>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    m.add_class::<transport::StreamTransport>()?;
     m.add(
         "BUILD_PROFILE",
         if cfg!(debug_assertions) {

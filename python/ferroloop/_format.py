@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import reprlib
 import sys
 import traceback
 
 _MAX_STACK = 10
+
+
+def logger() -> logging.Logger:
+    """asyncio's logger. The test suite and some applications patch
+    ``asyncio.base_events.logger``; use that object when it exists so they see our messages."""
+    base = sys.modules.get("asyncio.base_events")
+    return getattr(base, "logger", None) or logging.getLogger("asyncio")
 
 
 def _source(func):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import logging
 import os
 import socket
 import sys
@@ -24,17 +23,12 @@ import weakref
 
 from . import _ferroloop
 from ._format import format_callback
+from ._format import logger as _logger
 from ._signals import SignalsMixin
 from ._sockets import SocketOpsMixin
+from ._transports import TransportsMixin
 
 _PY312 = sys.version_info >= (3, 12)
-
-
-def _logger() -> logging.Logger:
-    # The test suite and some applications patch ``asyncio.base_events.logger``; use that
-    # object when it exists so they see our messages, else asyncio's named logger.
-    base = sys.modules.get("asyncio.base_events")
-    return getattr(base, "logger", None) or logging.getLogger("asyncio")
 
 
 def _debug_from_environment() -> bool:
@@ -53,7 +47,13 @@ def _stop_when_done(fut) -> None:
     fut.get_loop().stop()
 
 
-class Loop(SignalsMixin, SocketOpsMixin, _ferroloop.CoreLoop, asyncio.AbstractEventLoop):
+class Loop(
+    TransportsMixin,
+    SignalsMixin,
+    SocketOpsMixin,
+    _ferroloop.CoreLoop,
+    asyncio.AbstractEventLoop,
+):
     """An asyncio event loop whose core runs in Rust."""
 
     def __init__(self) -> None:

@@ -1,0 +1,928 @@
+//! Stream transports for connected TCP and Unix sockets (asyncio:
+//! `selector_events._SelectorSocketTransport`).
+//!
+//! The transport is a Rust object handed to the protocol directly; it reads the socket and
+//! calls `protocol.data_received` (or `get_buffer`/`buffer_updated` for a
+//! `BufferedProtocol`), and owns the write buffer and its flow control. Its `__class__` is
+//! `asyncio.Transport`, so `isinstance(t, asyncio.Transport)` holds.
+//!
+//! Readiness: the socket is registered with the loop's poller once, edge-triggered, readable
+//! interest always and writable interest only while data is buffered. A readiness report
+//! becomes a `ReadyItem` in the loop's ready queue, so protocol callbacks run in the same
+//! FIFO order as asyncio's reader handles. One `recv` per turn, as asyncio does: a read that
+//! fills the whole buffer queues another turn for the next iteration (more may be waiting and
+//! no new edge will say so); a shorter read drained the socket, and the next edge reports new
+//! data. Resuming reading queues a turn for the same reason.
+//!
+//! Closing follows asyncio: `close()` stops reading, lets the buffer drain, then calls
+//! `connection_lost(None)` on the next iteration and closes the socket right after.
+
+use std::os::fd::RawFd;
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+
+use crate::errors::os_error;
+use crate::event_loop::CoreLoop;
+use crate::gil_cell::GilCell;
+
+/// Bytes asked of each `recv` (asyncio's `max_size`).
+const MAX_READ: usize = 256 * 1024;
+/// Default high-water mark of the write buffer (asyncio's).
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// After this many writes to a lost connection, asyncio starts warning.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+enum Reader {
+    /// `protocol.data_received`, bound once.
+    Data(Py<PyAny>),
+    /// `protocol.get_buffer` and `protocol.buffer_updated`, bound once.
+    Buffered(Py<PyAny>, Py<PyAny>),
+}
+
+struct State {
+    event_loop: Py<CoreLoop>,
+    /// The Python socket object; it owns the fd. `None` once closed.
+    sock: Option<Py<PyAny>>,
+    protocol: Py<PyAny>,
+    reader: Reader,
+    protocol_connected: bool,
+    extra: Py<PyDict>,
+    server: Option<Py<PyAny>>,
+    /// The context protocol callbacks run in (copied when the transport was made).
+    context: Py<PyAny>,
+    buffer: Vec<u8>,
+    /// Bytes at the front of `buffer` already sent.
+    sent: usize,
+    high_water: usize,
+    low_water: usize,
+    protocol_paused: bool,
+    /// Set when `connection_lost` is scheduled; counts writes after that.
+    conn_lost: u32,
+    closing: bool,
+    paused: bool,
+    /// The peer's EOF arrived and the protocol kept the connection open: stop reading.
+    read_eof: bool,
+    eof: bool,
+    /// Registered with the poller (reading has started).
+    registered: bool,
+    /// Writable interest is on.
+    want_write: bool,
+}
+
+impl State {
+    fn buffered(&self) -> usize {
+        self.buffer.len() - self.sent
+    }
+}
+
+#[pyclass(frozen, weakref, module = "ferroloop._ferroloop")]
+pub struct StreamTransport {
+    fd: RawFd,
+    state: GilCell<State>,
+}
+
+fn is_reader_protocol_buffered(py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+    static BUFFERED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let cls = BUFFERED.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("asyncio")?.getattr("BufferedProtocol")?.unbind())
+    })?;
+    protocol.is_instance(cls.bind(py))
+}
+
+fn make_reader(py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<Reader> {
+    if is_reader_protocol_buffered(py, protocol)? {
+        Ok(Reader::Buffered(
+            protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
+            protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
+        ))
+    } else {
+        Ok(Reader::Data(
+            protocol.getattr(intern!(py, "data_received"))?.unbind(),
+        ))
+    }
+}
+
+fn would_block(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
+}
+
+fn recv(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; `fd` is a socket owned by the
+    // transport's socket object, open while the transport is not closed.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+fn send(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes; see `recv` for the fd.
+    // MSG_NOSIGNAL: a peer that went away must give EPIPE, not kill the process.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Runs `f` inside `context` (a `contextvars.Context`).
+fn in_context<R>(
+    py: Python<'_>,
+    context: &Py<PyAny>,
+    f: impl FnOnce() -> PyResult<R>,
+) -> PyResult<R> {
+    let ctx = context.as_ptr();
+    // SAFETY: attached; `ctx` is a live context kept alive by the caller's clone.
+    if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let r = f();
+    // SAFETY: entered above on this thread.
+    if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    r
+}
+
+fn is_base_exit(py: Python<'_>, e: &PyErr) -> bool {
+    e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+        || e.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
+}
+
+impl StreamTransport {
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    pub fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
+    }
+
+    fn loop_of(&self, py: Python<'_>) -> Py<CoreLoop> {
+        self.state.borrow(py).event_loop.clone_ref(py)
+    }
+
+    /// asyncio's `_fatal_error`: report (through the loop, which logs OSErrors only in debug
+    /// mode), then force-close.
+    fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (event_loop, protocol) = {
+            let st = this.state.borrow(py);
+            (st.event_loop.clone_ref(py), st.protocol.clone_ref(py))
+        };
+        let exc = exc.into_value(py).into_any();
+        event_loop.bind(py).call_method1(
+            intern!(py, "_transport_error"),
+            (slf, &exc, message, protocol),
+        )?;
+        Self::force_close(slf, Some(exc))
+    }
+
+    /// asyncio's `_force_close`.
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let event_loop = {
+            let mut st = this.state.borrow_mut(py);
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            st.buffer = Vec::new();
+            st.sent = 0;
+            st.closing = true;
+            st.conn_lost += 1;
+            st.event_loop.clone_ref(py)
+        };
+        this.set_interest(py, &event_loop, false, false)?;
+        Self::schedule_connection_lost(slf, &event_loop, exc)
+    }
+
+    fn schedule_connection_lost(
+        slf: &Bound<'_, Self>,
+        event_loop: &Py<CoreLoop>,
+        exc: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let cb = slf.getattr(intern!(py, "_call_connection_lost"))?;
+        event_loop
+            .bind(py)
+            .call_method1(intern!(py, "call_soon"), (cb, exc))?;
+        Ok(())
+    }
+
+    /// Turns writable interest on or off (and readable off with `read = false` when the
+    /// transport stops for good).
+    fn set_interest(
+        &self,
+        py: Python<'_>,
+        event_loop: &Py<CoreLoop>,
+        read: bool,
+        write: bool,
+    ) -> PyResult<()> {
+        let registered = {
+            let mut st = self.state.borrow_mut(py);
+            if !st.registered {
+                return Ok(());
+            }
+            if !read && !write {
+                st.registered = false;
+                st.want_write = false;
+            } else {
+                if st.want_write == write {
+                    return Ok(());
+                }
+                st.want_write = write;
+            }
+            read || write
+        };
+        let core = event_loop.bind(py).get();
+        if registered {
+            core.transport_modify(py, self.fd, write)
+        } else {
+            core.transport_unregister(py, self.fd);
+            Ok(())
+        }
+    }
+
+    /// One turn of reading, run from the loop's ready queue.
+    pub fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (context, reader) = {
+            let st = this.state.borrow(py);
+            if st.conn_lost > 0 || st.closing || st.paused || st.read_eof || !st.registered {
+                return Ok(());
+            }
+            let reader = match &st.reader {
+                Reader::Data(f) => Reader::Data(f.clone_ref(py)),
+                Reader::Buffered(g, u) => Reader::Buffered(g.clone_ref(py), u.clone_ref(py)),
+            };
+            (st.context.clone_ref(py), reader)
+        };
+        let again = in_context(py, &context, || match reader {
+            Reader::Data(data_received) => Self::read_data(slf, data_received.bind(py)),
+            Reader::Buffered(get_buffer, updated) => {
+                Self::read_buffered(slf, get_buffer.bind(py), updated.bind(py))
+            }
+        })?;
+        if again {
+            let event_loop = this.loop_of(py);
+            event_loop
+                .bind(py)
+                .get()
+                .push_transport_read(py, slf.clone().unbind());
+        }
+        Ok(())
+    }
+
+    /// Returns whether another turn should be queued (the read filled the buffer).
+    fn read_data(slf: &Bound<'_, Self>, data_received: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = slf.py();
+        let fd = slf.get().fd;
+        let mut len = 0usize;
+        let mut failure = None;
+        let bytes = PyBytes::new_with(py, MAX_READ, |buf| {
+            match recv(fd, buf) {
+                Ok(n) => len = n,
+                Err(e) => failure = Some(e),
+            }
+            Ok(())
+        })?;
+        if let Some(e) = failure {
+            if would_block(&e) {
+                return Ok(false);
+            }
+            Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport")?;
+            return Ok(false);
+        }
+        if len == 0 {
+            Self::on_eof(slf)?;
+            return Ok(false);
+        }
+        let data = if len == MAX_READ {
+            bytes
+        } else {
+            PyBytes::new(py, &bytes.as_bytes()[..len])
+        };
+        if let Err(e) = data_received.call1((data,)) {
+            if is_base_exit(py, &e) {
+                return Err(e);
+            }
+            Self::fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.")?;
+            return Ok(false);
+        }
+        Ok(len == MAX_READ)
+    }
+
+    fn read_buffered(
+        slf: &Bound<'_, Self>,
+        get_buffer: &Bound<'_, PyAny>,
+        buffer_updated: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        let fd = slf.get().fd;
+        let buf = match get_buffer.call1((-1,)).and_then(|b| {
+            let pybuf = PyBuffer::<u8>::get(&b)?;
+            if pybuf.readonly() || !pybuf.is_c_contiguous() {
+                return Err(PyTypeError::new_err(
+                    "get_buffer() must return a writable contiguous buffer",
+                ));
+            }
+            if pybuf.len_bytes() == 0 {
+                return Err(PyRuntimeError::new_err(
+                    "get_buffer() returned an empty buffer",
+                ));
+            }
+            Ok(pybuf)
+        }) {
+            Ok(b) => b,
+            Err(e) if is_base_exit(py, &e) => return Err(e),
+            Err(e) => {
+                Self::fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed.")?;
+                return Ok(false);
+            }
+        };
+        let cap = buf.len_bytes();
+        // SAFETY: the buffer is writable and C-contiguous (checked above), `cap` bytes long,
+        // and `buf` keeps the exporter's view alive for the duration of the call. No Python
+        // code runs while the slice is borrowed.
+        let slice = unsafe { std::slice::from_raw_parts_mut(buf.buf_ptr().cast::<u8>(), cap) };
+        let result = recv(fd, slice);
+        drop(buf);
+        let n = match result {
+            Ok(n) => n,
+            Err(e) if would_block(&e) => return Ok(false),
+            Err(e) => {
+                Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport")?;
+                return Ok(false);
+            }
+        };
+        if n == 0 {
+            Self::on_eof(slf)?;
+            return Ok(false);
+        }
+        if let Err(e) = buffer_updated.call1((n,)) {
+            if is_base_exit(py, &e) {
+                return Err(e);
+            }
+            Self::fatal_error(
+                slf,
+                e,
+                "Fatal error: protocol.buffer_updated() call failed.",
+            )?;
+            return Ok(false);
+        }
+        Ok(n == cap)
+    }
+
+    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = slf.get().state.borrow(py).protocol.clone_ref(py);
+        match protocol.bind(py).call_method0(intern!(py, "eof_received")) {
+            Ok(keep_open) => {
+                if keep_open.is_truthy()? {
+                    // Stop reading, keep the connection open for writing.
+                    slf.get().state.borrow_mut(py).read_eof = true;
+                } else {
+                    Self::close(slf)?;
+                }
+                Ok(())
+            }
+            Err(e) if is_base_exit(py, &e) => Err(e),
+            Err(e) => {
+                Self::fatal_error(slf, e, "Fatal error: protocol.eof_received() call failed.")
+            }
+        }
+    }
+
+    /// Sends buffered data, run from the loop's ready queue on writable readiness.
+    pub fn on_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let context = {
+            let st = this.state.borrow(py);
+            if st.conn_lost > 0 || st.buffered() == 0 {
+                return Ok(());
+            }
+            st.context.clone_ref(py)
+        };
+        in_context(py, &context, || Self::flush(slf))
+    }
+
+    fn flush(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let result = {
+            let st = this.state.borrow(py);
+            send(this.fd, &st.buffer[st.sent..])
+        };
+        match result {
+            Err(e) if would_block(&e) => Ok(()),
+            Err(e) => {
+                let event_loop = {
+                    let mut st = this.state.borrow_mut(py);
+                    st.buffer = Vec::new();
+                    st.sent = 0;
+                    st.event_loop.clone_ref(py)
+                };
+                this.set_interest(py, &event_loop, true, false)?;
+                Self::fatal_error(slf, os_error(e), "Fatal write error on socket transport")
+            }
+            Ok(n) => {
+                let (empty, closing, eof, event_loop) = {
+                    let mut st = this.state.borrow_mut(py);
+                    st.sent += n;
+                    if st.sent == st.buffer.len() {
+                        st.buffer.clear();
+                        st.sent = 0;
+                    } else if st.sent > st.buffer.len() / 2 {
+                        let sent = st.sent;
+                        st.buffer.drain(..sent);
+                        st.sent = 0;
+                    }
+                    (
+                        st.buffered() == 0,
+                        st.closing,
+                        st.eof,
+                        st.event_loop.clone_ref(py),
+                    )
+                };
+                Self::maybe_resume_protocol(slf)?;
+                if empty {
+                    this.set_interest(py, &event_loop, true, false)?;
+                    if closing {
+                        return Self::call_connection_lost_now(slf, None);
+                    } else if eof {
+                        Self::shutdown_write(slf)?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn shutdown_write(slf: &Bound<'_, Self>) -> PyResult<()> {
+        // SAFETY: shutting down the write side of the transport's own socket.
+        let rc = unsafe { libc::shutdown(slf.get().fd, libc::SHUT_WR) };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            // A peer that already went away is not an error for write_eof.
+            if e.raw_os_error() != Some(libc::ENOTCONN) {
+                return Err(os_error(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut st = slf.get().state.borrow_mut(py);
+            if st.buffered() <= st.high_water || st.protocol_paused {
+                return Ok(());
+            }
+            st.protocol_paused = true;
+            st.protocol.clone_ref(py)
+        };
+        Self::call_flow_control(slf, &protocol, "pause_writing")
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = {
+            let mut st = slf.get().state.borrow_mut(py);
+            if !st.protocol_paused || st.buffered() > st.low_water {
+                return Ok(());
+            }
+            st.protocol_paused = false;
+            st.protocol.clone_ref(py)
+        };
+        Self::call_flow_control(slf, &protocol, "resume_writing")
+    }
+
+    fn call_flow_control(slf: &Bound<'_, Self>, protocol: &Py<PyAny>, name: &str) -> PyResult<()> {
+        let py = slf.py();
+        match protocol.bind(py).call_method0(name) {
+            Ok(_) => Ok(()),
+            Err(e) if is_base_exit(py, &e) => Err(e),
+            Err(e) => {
+                let event_loop = slf.get().loop_of(py);
+                let ctx = PyDict::new(py);
+                ctx.set_item("message", format!("protocol.{name}() failed"))?;
+                ctx.set_item("exception", e.into_value(py))?;
+                ctx.set_item("transport", slf)?;
+                ctx.set_item("protocol", protocol)?;
+                event_loop
+                    .bind(py)
+                    .call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+                Ok(())
+            }
+        }
+    }
+
+    fn call_connection_lost_now(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        StreamTransport::_call_connection_lost(slf, exc)
+    }
+
+    fn write_bytes(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if data.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut st = this.state.borrow_mut(py);
+            if st.eof {
+                return Err(PyRuntimeError::new_err(
+                    "Cannot call write() after write_eof()",
+                ));
+            }
+            if st.conn_lost > 0 {
+                st.conn_lost += 1;
+                let warn = st.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                drop(st);
+                if warn {
+                    let logger = py
+                        .import("logging")?
+                        .call_method1("getLogger", ("asyncio",))?;
+                    logger.call_method1("warning", ("socket.send() raised exception.",))?;
+                }
+                return Ok(());
+            }
+        }
+        let mut rest = data;
+        if this.state.borrow(py).buffered() == 0 {
+            match send(this.fd, data) {
+                Ok(n) if n == data.len() => return Ok(()),
+                Ok(n) => rest = &data[n..],
+                Err(e) if would_block(&e) => {}
+                Err(e) => {
+                    return Self::fatal_error(
+                        slf,
+                        os_error(e),
+                        "Fatal write error on socket transport",
+                    );
+                }
+            }
+        }
+        let event_loop = {
+            let mut st = this.state.borrow_mut(py);
+            st.buffer.extend_from_slice(rest);
+            st.event_loop.clone_ref(py)
+        };
+        this.set_interest(py, &event_loop, true, true)?;
+        Self::maybe_pause_protocol(slf)
+    }
+}
+
+#[pymethods]
+impl StreamTransport {
+    /// Makes a transport for a connected non-blocking stream socket. `connection_made` and
+    /// the start of reading are scheduled with `call_soon`, as asyncio does; the Python side
+    /// (`Loop._make_socket_transport`) builds `extra` and schedules the waiter.
+    #[new]
+    #[pyo3(signature = (event_loop, sock, protocol, extra, server=None))]
+    fn new(
+        py: Python<'_>,
+        event_loop: Bound<'_, CoreLoop>,
+        sock: Bound<'_, PyAny>,
+        protocol: Bound<'_, PyAny>,
+        extra: Bound<'_, PyDict>,
+        server: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        if fd < 0 {
+            return Err(PyValueError::new_err("the socket is closed"));
+        }
+        let reader = make_reader(py, &protocol)?;
+        // SAFETY: attached; returns a new reference or NULL with an exception set.
+        let context =
+            unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind() };
+        let server = server.filter(|s| !s.is_none());
+        if let Some(s) = &server {
+            s.call_method0(intern!(py, "_attach"))?;
+        }
+        Ok(StreamTransport {
+            fd,
+            state: GilCell::new(State {
+                event_loop: event_loop.unbind(),
+                sock: Some(sock.unbind()),
+                protocol: protocol.unbind(),
+                reader,
+                protocol_connected: true,
+                extra: extra.unbind(),
+                server: server.map(Bound::unbind),
+                context,
+                buffer: Vec::new(),
+                sent: 0,
+                high_water: DEFAULT_HIGH_WATER,
+                low_water: DEFAULT_HIGH_WATER / 4,
+                protocol_paused: false,
+                conn_lost: 0,
+                closing: false,
+                paused: false,
+                read_eof: false,
+                eof: false,
+                registered: false,
+                want_write: false,
+            }),
+        })
+    }
+
+    /// `asyncio.Transport` (see `Handle.__class__` for why).
+    #[getter]
+    fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        static CLS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        CLS.get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("asyncio")?.getattr("Transport")?.unbind())
+        })
+        .map(|c| c.clone_ref(py))
+    }
+
+    /// Starts reading (scheduled by the constructor's caller after `connection_made`).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let event_loop = {
+            let mut st = this.state.borrow_mut(py);
+            if st.registered || st.closing || st.conn_lost > 0 {
+                return Ok(());
+            }
+            st.registered = true;
+            st.want_write = st.buffered() > 0;
+            st.event_loop.clone_ref(py)
+        };
+        let want_write = this.state.borrow(py).want_write;
+        let core = event_loop.bind(py).get();
+        if let Err(e) = core.transport_register(py, slf.clone().unbind(), want_write) {
+            this.state.borrow_mut(py).registered = false;
+            return Err(e);
+        }
+        if !this.state.borrow(py).paused {
+            core.push_transport_read(py, slf.clone().unbind());
+        }
+        Ok(())
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        if let Ok(b) = data.cast::<PyBytes>() {
+            return Self::write_bytes(slf, b.as_bytes());
+        }
+        if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+            let buf = PyBuffer::<u8>::get(data)?;
+            let bytes = buf.to_vec(py)?;
+            return Self::write_bytes(slf, &bytes);
+        }
+        Err(PyTypeError::new_err(format!(
+            "data argument must be a bytes-like object, not {:?}",
+            data.get_type().name()?.to_string()
+        )))
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (list_of_data,))?;
+        Self::write(slf, &joined)
+    }
+
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut st = slf.get().state.borrow_mut(py);
+            if st.closing || st.eof {
+                return Ok(());
+            }
+            st.eof = true;
+            if st.buffered() > 0 {
+                return Ok(());
+            }
+        }
+        Self::shutdown_write(slf)
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (event_loop, flushed) = {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            let flushed = st.buffered() == 0;
+            if flushed {
+                st.conn_lost += 1;
+            }
+            (st.event_loop.clone_ref(py), flushed)
+        };
+        if flushed {
+            this.set_interest(py, &event_loop, false, false)?;
+            Self::schedule_connection_lost(slf, &event_loop, None)?;
+        }
+        Ok(())
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    #[pyo3(name = "is_closing")]
+    fn py_is_closing(&self, py: Python<'_>) -> bool {
+        self.is_closing(py)
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        let st = self.state.borrow(py);
+        !st.closing && !st.paused
+    }
+
+    fn pause_reading(&self, py: Python<'_>) {
+        let mut st = self.state.borrow_mut(py);
+        if !st.closing {
+            st.paused = true;
+        }
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let this = slf.get();
+        let event_loop = {
+            let mut st = this.state.borrow_mut(py);
+            if st.closing || !st.paused {
+                return;
+            }
+            st.paused = false;
+            if !st.registered {
+                return;
+            }
+            st.event_loop.clone_ref(py)
+        };
+        // Data may have arrived while paused, with no new edge to report it.
+        event_loop
+            .bind(py)
+            .get()
+            .push_transport_read(py, slf.clone().unbind());
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
+        let reader = make_reader(py, &protocol)?;
+        let (old_p, old_r) = {
+            let mut st = self.state.borrow_mut(py);
+            st.protocol_connected = true;
+            (
+                std::mem::replace(&mut st.protocol, protocol.unbind()),
+                std::mem::replace(&mut st.reader, reader),
+            )
+        };
+        drop((old_p, old_r));
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Py<PyAny> {
+        self.state.borrow(py).protocol.clone_ref(py)
+    }
+
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let extra = self.state.borrow(py).extra.clone_ref(py);
+        match extra.bind(py).get_item(name)? {
+            Some(v) => Ok(v.unbind()),
+            None => Ok(default.unwrap_or_else(|| py.None())),
+        }
+    }
+
+    #[getter]
+    fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
+        self.state.borrow(py).extra.clone_ref(py)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<i64>,
+        low: Option<i64>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let high = match (high, low) {
+            (Some(h), _) => h,
+            (None, Some(l)) => 4 * l,
+            (None, None) => DEFAULT_HIGH_WATER as i64,
+        };
+        let low = low.unwrap_or(high / 4);
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        {
+            let mut st = slf.get().state.borrow_mut(py);
+            st.high_water = high as usize;
+            st.low_water = low as usize;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let st = self.state.borrow(py);
+        (st.low_water, st.high_water)
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.borrow(py).buffered()
+    }
+
+    #[getter]
+    fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    /// asyncio's `_call_connection_lost`: tell the protocol, close the socket, detach from
+    /// the server. Runs as a loop callback.
+    #[pyo3(signature = (exc=None))]
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (protocol, connected, event_loop) = {
+            let mut st = this.state.borrow_mut(py);
+            if st.sock.is_none() {
+                return Ok(());
+            }
+            st.conn_lost = st.conn_lost.max(1);
+            st.closing = true;
+            let connected = std::mem::replace(&mut st.protocol_connected, false);
+            (
+                st.protocol.clone_ref(py),
+                connected,
+                st.event_loop.clone_ref(py),
+            )
+        };
+        this.set_interest(py, &event_loop, false, false)?;
+        // Runs in the caller's context: a loop callback's own, or the write turn's.
+        let result = if connected {
+            protocol
+                .bind(py)
+                .call_method1(intern!(py, "connection_lost"), (exc,))
+                .map(drop)
+        } else {
+            Ok(())
+        };
+        let (sock, server) = {
+            let mut st = this.state.borrow_mut(py);
+            (st.sock.take(), st.server.take())
+        };
+        if let Some(sock) = sock {
+            sock.bind(py).call_method0(intern!(py, "close"))?;
+        }
+        if let Some(server) = server {
+            server.bind(py).call_method0(intern!(py, "_detach"))?;
+        }
+        result
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let st = self.state.borrow(py);
+        let mut parts = vec!["StreamTransport".to_owned()];
+        if st.sock.is_none() {
+            parts.push("closed".into());
+        } else if st.closing {
+            parts.push("closing".into());
+        }
+        parts.push(format!("fd={}", self.fd));
+        if st.sock.is_some() {
+            parts.push(
+                if st.registered && !st.paused {
+                    "read=polling"
+                } else {
+                    "read=idle"
+                }
+                .into(),
+            );
+            let state = if st.want_write { "polling" } else { "idle" };
+            parts.push(format!("write=<{state}, bufsize={}>", st.buffered()));
+        }
+        format!("<{}>", parts.join(" "))
+    }
+}

@@ -48,6 +48,13 @@ def test_handles_are_asyncio_handle_instances(loop):
         assert isinstance(timer, asyncio.TimerHandle)
 
 
+def test_handles_support_weak_references(loop):
+    for handle in (loop.call_soon(print), loop.call_later(10, print)):
+        ref = weakref.ref(handle)
+        assert ref() is handle
+        handle.cancel()
+
+
 def test_new_handle_is_not_cancelled(loop):
     handle = loop.call_soon(print)
     assert not handle.cancelled()

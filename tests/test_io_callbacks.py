@@ -367,3 +367,15 @@ def test_idle_loop_with_a_registered_reader_does_not_busy_wait(loop, pair):
     cpu = time.process_time() - cpu
     loop.remove_reader(r)
     assert cpu < 0.1, f"the loop used {cpu:.3f} s of CPU while waiting 0.2 s"
+
+
+def test_order_within_an_iteration_is_ready_callbacks_then_io_then_due_timers(loop, pair):
+    r, w = pair
+    order = []
+    w.send(b"x")
+    loop.call_at(loop.time() - 1, order.append, "timer")
+    loop.add_reader(r, lambda: (order.append("reader"), loop.remove_reader(r)))
+    loop.call_soon(order.append, "soon")
+    loop.stop()
+    loop.run_forever()
+    assert order == ["soon", "reader", "timer"]

@@ -26,23 +26,27 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mio::{Events, Poll, Registry, Token, Waker};
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyInt, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::handles::{format_module, Handle, TimerHandle};
 use crate::poller::{IoMap, Ready, Side};
+use crate::sock_ops::{self, Attempt, SockOp, SockOpDone};
 use crate::timers::TimerHeap;
 use crate::transport::StreamTransport;
 
 const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Tokens of Rust-owned sockets (transports) carry this bit above the fd.
 const NATIVE_BIT: usize = 1 << 40;
+/// Tokens of fds with native `sock_*` operations waiting carry this bit above the fd.
+const SOCK_BIT: usize = 1 << 41;
 const EVENTS_CAPACITY: usize = 1024;
 /// While callbacks are ready, the poller is asked for I/O at most this often (seconds).
 /// Discussion: asyncio polls (with a zero timeout) on every iteration, which costs a
@@ -72,13 +76,40 @@ pub enum ReadyItem {
     Handle(Py<Handle>),
     Read(Py<StreamTransport>),
     Write(Py<StreamTransport>),
+    /// A turn of the native `sock_*` operation waiting on an fd.
+    Sock(RawFd, Side),
 }
 
 impl ReadyItem {
-    fn as_object(&self) -> &Py<PyAny> {
+    fn as_object(&self) -> Option<&Py<PyAny>> {
         match self {
-            ReadyItem::Handle(h) => h.as_any(),
-            ReadyItem::Read(t) | ReadyItem::Write(t) => t.as_any(),
+            ReadyItem::Handle(h) => Some(h.as_any()),
+            ReadyItem::Read(t) | ReadyItem::Write(t) => Some(t.as_any()),
+            ReadyItem::Sock(..) => None,
+        }
+    }
+}
+
+/// The native `sock_*` operations waiting on one fd.
+#[derive(Default)]
+struct SockWaits {
+    read: Option<SockOp>,
+    write: Option<SockOp>,
+}
+
+impl SockWaits {
+    fn slot(&mut self, side: Side) -> &mut Option<SockOp> {
+        match side {
+            Side::Read => &mut self.read,
+            Side::Write => &mut self.write,
+        }
+    }
+    fn interest(&self) -> Option<mio::Interest> {
+        match (self.read.is_some(), self.write.is_some()) {
+            (true, true) => Some(mio::Interest::READABLE | mio::Interest::WRITABLE),
+            (true, false) => Some(mio::Interest::READABLE),
+            (false, true) => Some(mio::Interest::WRITABLE),
+            (false, false) => None,
         }
     }
 }
@@ -87,6 +118,8 @@ struct State {
     ready: VecDeque<ReadyItem>,
     /// Rust transports by fd (registered with `NATIVE_BIT` tokens, edge-triggered).
     transports: HashMap<RawFd, Py<StreamTransport>>,
+    /// Native `sock_*` operations waiting for readiness, by fd (`SOCK_BIT` tokens).
+    sock_waits: HashMap<RawFd, SockWaits>,
     timers: TimerHeap<Py<TimerHandle>>,
     io: IoMap<Py<Handle>>,
     registry: Option<Registry>,
@@ -363,6 +396,166 @@ impl CoreLoop {
         drop(old);
     }
 
+    /// Whether native `sock_*` operations may use `fd`: nobody else registered it.
+    fn sock_fd_free(&self, py: Python<'_>, fd: RawFd) -> bool {
+        let st = self.state.borrow(py);
+        st.io.get(fd, Side::Read).is_none()
+            && st.io.get(fd, Side::Write).is_none()
+            && !st.transports.contains_key(&fd)
+    }
+
+    /// Puts `op` in the `side` slot of `fd` and updates the poller. Returns the operation it
+    /// replaced, if any (asyncio also lets a later wait replace an earlier one's reader).
+    fn sock_op_wait(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        side: Side,
+        op: SockOp,
+    ) -> PyResult<Option<SockOp>> {
+        let mut st = self.state.borrow_mut(py);
+        let st = &mut *st;
+        let Some(registry) = st.registry.as_ref() else {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        };
+        let waits = st.sock_waits.entry(fd).or_default();
+        let was = waits.interest();
+        let old = waits.slot(side).replace(op);
+        let token = Token(fd as usize | SOCK_BIT);
+        let mut source = mio::unix::SourceFd(&fd);
+        let r = match (was, waits.interest()) {
+            (_, None) => Ok(()),
+            (None, Some(i)) => match registry.register(&mut source, token, i) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    registry.reregister(&mut source, token, i)
+                }
+                r => r,
+            },
+            (Some(a), Some(b)) if a == b => Ok(()),
+            (Some(_), Some(i)) => registry.reregister(&mut source, token, i),
+        };
+        if let Err(e) = r {
+            let new = waits.slot(side).take();
+            *waits.slot(side) = old;
+            if waits.interest().is_none() {
+                st.sock_waits.remove(&fd);
+            }
+            drop(new);
+            return Err(os_error(e));
+        }
+        Ok(old)
+    }
+
+    /// Takes the operation waiting on `fd`/`side` (if `fut` is given, only if it is that
+    /// operation's future) and updates the poller.
+    fn sock_op_take(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        side: Side,
+        fut: Option<&Bound<'_, PyAny>>,
+    ) -> Option<SockOp> {
+        let mut st = self.state.borrow_mut(py);
+        let st = &mut *st;
+        let waits = st.sock_waits.get_mut(&fd)?;
+        let slot = waits.slot(side);
+        if let Some(f) = fut {
+            if !slot.as_ref().is_some_and(|op| op.future().is(f)) {
+                return None;
+            }
+        }
+        let op = slot.take()?;
+        let token = Token(fd as usize | SOCK_BIT);
+        if let Some(registry) = st.registry.as_ref() {
+            match waits.interest() {
+                // The fd may be closed already, taking its registration with it.
+                None => {
+                    let _ = registry.deregister(&mut mio::unix::SourceFd(&fd));
+                }
+                Some(i) => {
+                    let _ = registry.reregister(&mut mio::unix::SourceFd(&fd), token, i);
+                }
+            }
+        }
+        if waits.interest().is_none() {
+            st.sock_waits.remove(&fd);
+        }
+        Some(op)
+    }
+
+    /// The future of a waiting operation completed (usually: was cancelled).
+    pub fn sock_op_forget(&self, py: Python<'_>, fd: RawFd, side: Side, fut: &Bound<'_, PyAny>) {
+        let op = self.sock_op_take(py, fd, side, Some(fut));
+        drop(op);
+    }
+
+    /// A turn of the operation waiting on `fd`/`side`: retry, resolve or wait again.
+    fn run_sock_op(&self, py: Python<'_>, fd: RawFd, side: Side) -> PyResult<()> {
+        let mut op = {
+            let mut st = self.state.borrow_mut(py);
+            match st.sock_waits.get_mut(&fd).and_then(|w| w.slot(side).take()) {
+                Some(op) => op,
+                None => return Ok(()),
+            }
+        };
+        let outcome = sock_ops::attempt(py, fd, &mut op);
+        if let Attempt::Again = outcome {
+            let mut st = self.state.borrow_mut(py);
+            if let Some(slot) = st.sock_waits.get_mut(&fd).map(|w| w.slot(side)) {
+                if slot.is_none() {
+                    *slot = Some(op);
+                    return Ok(());
+                }
+            }
+            return Ok(());
+        }
+        // Put the slot's emptiness into the poller, then resolve (which runs Python code).
+        {
+            let mut st = self.state.borrow_mut(py);
+            let st = &mut *st;
+            if let Some(waits) = st.sock_waits.get_mut(&fd) {
+                let token = Token(fd as usize | SOCK_BIT);
+                if let Some(registry) = st.registry.as_ref() {
+                    match waits.interest() {
+                        None => {
+                            let _ = registry.deregister(&mut mio::unix::SourceFd(&fd));
+                        }
+                        Some(i) => {
+                            let _ = registry.reregister(&mut mio::unix::SourceFd(&fd), token, i);
+                        }
+                    }
+                }
+                if waits.interest().is_none() {
+                    st.sock_waits.remove(&fd);
+                }
+            }
+        }
+        sock_ops::resolve(py, op.future(), outcome)
+    }
+
+    /// Makes the future of a native operation and registers the operation.
+    fn sock_op_start(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        side: Side,
+        make: impl FnOnce(Py<PyAny>) -> SockOp,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let fut = CoreLoop::create_future(slf)?.unbind();
+        let old = slf
+            .get()
+            .sock_op_wait(py, fd, side, make(fut.clone_ref(py)))?;
+        drop(old);
+        let done = SockOpDone {
+            event_loop: slf.clone().unbind(),
+            fd,
+            read: side == Side::Read,
+        };
+        fut.bind(py)
+            .call_method1(intern!(py, "add_done_callback"), (Py::new(py, done)?,))?;
+        Ok(fut)
+    }
+
     /// Queues a turn of reading for a transport.
     pub fn push_transport_read(&self, py: Python<'_>, transport: Py<StreamTransport>) {
         self.state
@@ -459,11 +652,25 @@ impl CoreLoop {
                 io,
                 ready,
                 transports,
+                sock_waits,
                 ..
             } = &mut *st;
             for ev in events.iter() {
                 let token = ev.token();
                 if token == WAKER_TOKEN {
+                    continue;
+                }
+                if token.0 & SOCK_BIT != 0 {
+                    let r = Ready::from_event(ev);
+                    let fd = (token.0 & !SOCK_BIT) as RawFd;
+                    if let Some(w) = sock_waits.get(&fd) {
+                        if r.readable && w.read.is_some() {
+                            ready.push_back(ReadyItem::Sock(fd, Side::Read));
+                        }
+                        if r.writable && w.write.is_some() {
+                            ready.push_back(ReadyItem::Sock(fd, Side::Write));
+                        }
+                    }
                     continue;
                 }
                 if token.0 & NATIVE_BIT != 0 {
@@ -529,6 +736,10 @@ impl CoreLoop {
                     StreamTransport::on_writable(t.bind(py))?;
                     continue;
                 }
+                Some(ReadyItem::Sock(fd, side)) => {
+                    self.run_sock_op(py, fd, side)?;
+                    continue;
+                }
             };
             if debug {
                 self.state.borrow_mut(py).current = Some(handle.clone().unbind());
@@ -572,6 +783,7 @@ impl CoreLoop {
             state: GilCell::new(State {
                 ready: VecDeque::new(),
                 transports: HashMap::new(),
+                sock_waits: HashMap::new(),
                 timers: TimerHeap::new(),
                 io: IoMap::new(),
                 registry: Some(registry),
@@ -627,6 +839,74 @@ impl CoreLoop {
             slf.as_any(),
             types.loop_kwname.bind(py),
         )
+    }
+
+    /// Native `sock_recv`: bytes, a future of bytes, or `NotImplemented` when the fd is in
+    /// use by a reader, writer or transport (then `Loop` takes the general path).
+    fn _sock_recv(slf: &Bound<'_, Self>, fd: RawFd, n: isize) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let n = sock_ops::recv_size(n)?;
+        if !slf.get().sock_fd_free(py, fd) {
+            return Ok(py.NotImplemented());
+        }
+        if let Some(data) = sock_ops::first_recv(py, fd, n)? {
+            return Ok(data);
+        }
+        Self::sock_op_start(slf, fd, Side::Read, |fut| SockOp::Recv { n, fut })
+    }
+
+    /// Native `sock_recv_into`: an int, a future of it, or `NotImplemented`.
+    fn _sock_recv_into(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        buf: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        if !slf.get().sock_fd_free(py, fd) {
+            return Ok(py.NotImplemented());
+        }
+        if let Some(n) = sock_ops::first_recv_into(py, fd, buf)? {
+            return Ok(n.into_pyobject(py)?.into_any().unbind());
+        }
+        let buf = buf.clone().unbind();
+        Self::sock_op_start(slf, fd, Side::Read, |fut| SockOp::RecvInto { buf, fut })
+    }
+
+    /// Native `sock_sendall`: None when everything was sent at once, else a future, or
+    /// `NotImplemented`.
+    fn _sock_sendall(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        if !slf.get().sock_fd_free(py, fd) {
+            return Ok(py.NotImplemented());
+        }
+        let sent;
+        let rest;
+        if let Ok(b) = data.cast::<PyBytes>() {
+            let bytes = b.as_bytes();
+            sent = sock_ops::first_send(fd, bytes)?;
+            if sent == bytes.len() {
+                return Ok(py.None());
+            }
+            rest = bytes[sent..].to_vec();
+        } else {
+            let buf = PyBuffer::<u8>::get(data)?;
+            let bytes = buf.to_vec(py)?;
+            drop(buf);
+            sent = sock_ops::first_send(fd, &bytes)?;
+            if sent == bytes.len() {
+                return Ok(py.None());
+            }
+            rest = bytes[sent..].to_vec();
+        }
+        Self::sock_op_start(slf, fd, Side::Write, |fut| SockOp::SendAll {
+            data: rest,
+            pos: 0,
+            fut,
+        })
     }
 
     /// Schedules a coroutine as an `asyncio.Task` (through the task factory if one is set).
@@ -923,7 +1203,10 @@ impl CoreLoop {
                 io,
                 st.registry.take(),
                 st.waker.take(),
-                std::mem::take(&mut st.transports),
+                (
+                    std::mem::take(&mut st.transports),
+                    std::mem::take(&mut st.sock_waits),
+                ),
             )
         };
         drop((ready, timers, io, registry, waker, transports));
@@ -937,6 +1220,11 @@ impl CoreLoop {
         if let Some(st) = self.state.try_borrow_for_gc() {
             for item in st.ready.iter() {
                 visit.call(item.as_object())?;
+            }
+            for w in st.sock_waits.values() {
+                for op in w.read.iter().chain(w.write.iter()) {
+                    visit.call(op.future())?;
+                }
             }
             for t in st.transports.values() {
                 visit.call(t)?;
@@ -968,6 +1256,7 @@ impl CoreLoop {
                 io,
                 st.task_factory.take(),
                 std::mem::take(&mut st.transports),
+                std::mem::take(&mut st.sock_waits),
             )
         };
         drop(taken);

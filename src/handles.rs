@@ -48,7 +48,13 @@ struct Callback {
 /// cycle such as `obj -> timer handle -> obj.method` cannot outlive the pending period.
 /// Skipping GC tracking (asyncio's and uvloop's handles are tracked) takes the collector's
 /// traversals off the `call_soon` hot path, where they cost a fifth of the time.
-#[pyclass(subclass, frozen, freelist = 1024, module = "ferroloop._ferroloop")]
+#[pyclass(
+    subclass,
+    frozen,
+    weakref,
+    freelist = 1024,
+    module = "ferroloop._ferroloop"
+)]
 pub struct Handle {
     callback: GilCell<Option<Callback>>,
     /// Keep the callback after running: reader/writer handles run many times, and debug

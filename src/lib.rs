@@ -7,6 +7,7 @@ mod event_loop;
 mod gil_cell;
 mod handles;
 pub mod poller;
+mod sock_ops;
 pub mod timers;
 mod transport;
 

@@ -108,14 +108,32 @@ fn make_reader(py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<Reader> 
     }
 }
 
-fn would_block(e: &std::io::Error) -> bool {
+/// Runs `f` with this thread's receive buffer, at least `len` bytes long. Reading into it
+/// and copying out exactly what arrived beats allocating (and zeroing) `len` bytes per read.
+pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered (cannot happen: no Python code runs inside `f`): use a fresh buffer.
+        Err(_) => f(&mut vec![0; len]),
+    })
+}
+
+pub fn would_block(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
     )
 }
 
-fn recv(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes; `fd` is a socket owned by the
     // transport's socket object, open while the transport is not closed.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -126,7 +144,7 @@ fn recv(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     }
 }
 
-fn send(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+pub fn send(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes; see `recv` for the fd.
     // MSG_NOSIGNAL: a peer that went away must give EPIPE, not kill the process.
     let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
@@ -292,31 +310,21 @@ impl StreamTransport {
     fn read_data(slf: &Bound<'_, Self>, data_received: &Bound<'_, PyAny>) -> PyResult<bool> {
         let py = slf.py();
         let fd = slf.get().fd;
-        let mut len = 0usize;
-        let mut failure = None;
-        let bytes = PyBytes::new_with(py, MAX_READ, |buf| {
-            match recv(fd, buf) {
-                Ok(n) => len = n,
-                Err(e) => failure = Some(e),
-            }
-            Ok(())
-        })?;
-        if let Some(e) = failure {
-            if would_block(&e) {
+        let result = with_scratch(MAX_READ, |buf| {
+            recv(fd, buf).map(|n| (n, (n > 0).then(|| PyBytes::new(py, &buf[..n]))))
+        });
+        let (len, data) = match result {
+            Ok(r) => r,
+            Err(e) if would_block(&e) => return Ok(false),
+            Err(e) => {
+                Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport")?;
                 return Ok(false);
             }
-            Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport")?;
-            return Ok(false);
-        }
+        };
         if len == 0 {
             Self::on_eof(slf)?;
             return Ok(false);
         }
-        let data = if len == MAX_READ {
-            bytes
-        } else {
-            PyBytes::new(py, &bytes.as_bytes()[..len])
-        };
         if let Err(e) = data_received.call1((data,)) {
             if is_base_exit(py, &e) {
                 return Err(e);

@@ -31,6 +31,12 @@ _FALLBACK_CHUNK = 256 * 1024
 _READ, _WRITE = False, True
 
 
+def _native(sock) -> bool:
+    # The Rust fast paths make the syscalls a plain socket's methods make; a subclass or a
+    # stand-in (tests swap methods on mocks) takes the general path, which calls its methods.
+    return type(sock) is socket.socket
+
+
 def _check_ssl(sock) -> None:
     if ssl is not None and isinstance(sock, ssl.SSLSocket):
         raise TypeError("Socket cannot be of type SSLSocket")
@@ -191,6 +197,10 @@ class SocketOpsMixin:
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock."""
         self._check_socket(sock)
+        if _native(sock):
+            result = self._sock_recv(sock.fileno(), n)
+            if result is not NotImplemented:
+                return result if type(result) is bytes else await result
         try:
             return sock.recv(n)
         except (BlockingIOError, InterruptedError):
@@ -200,6 +210,10 @@ class SocketOpsMixin:
     async def sock_recv_into(self, sock, buf):
         """Receive into the writable buffer buf; return the number of bytes received."""
         self._check_socket(sock)
+        if _native(sock):
+            result = self._sock_recv_into(sock.fileno(), buf)
+            if result is not NotImplemented:
+                return result if type(result) is int else await result
         try:
             return sock.recv_into(buf)
         except (BlockingIOError, InterruptedError):
@@ -240,6 +254,10 @@ class SocketOpsMixin:
     async def sock_sendall(self, sock, data):
         """Send all of data, waiting for the socket to drain as needed."""
         self._check_socket(sock)
+        if _native(sock):
+            result = self._sock_sendall(sock.fileno(), data)
+            if result is not NotImplemented:
+                return None if result is None else await result
         try:
             n = sock.send(data)
         except (BlockingIOError, InterruptedError):

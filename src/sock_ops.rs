@@ -1,0 +1,213 @@
+//! Native fast paths of `loop.sock_recv`, `sock_recv_into` and `sock_sendall` (asyncio:
+//! `selector_events.BaseSelectorEventLoop.sock_*`).
+//!
+//! The operation is tried at once with a raw syscall (no `BlockingIOError` is raised and
+//! caught when the socket is not ready). Only if it would block is a future made and the fd
+//! registered with the poller under a `SOCK_BIT` token; the readiness report queues a turn in
+//! the ready queue (so it runs in FIFO order with other callbacks, as asyncio's reader handle
+//! does), the turn retries the syscall and resolves the future, and the registration is
+//! dropped as soon as no operation waits on the fd. A done-callback on the future drops the
+//! operation if the future is cancelled first, so cancelling leaves nothing registered.
+//!
+//! `Loop` uses these only for plain `socket.socket` objects whose fd has no reader, writer or
+//! transport of its own; everything else takes the general path in `_sockets.py`.
+
+use std::os::fd::RawFd;
+
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors::os_error;
+use crate::event_loop::CoreLoop;
+use crate::poller::Side;
+use crate::transport::{recv, send, with_scratch, would_block};
+
+/// Reads up to this size go through the per-thread scratch buffer.
+const SCRATCH_LIMIT: usize = 256 * 1024;
+
+pub enum SockOp {
+    Recv {
+        n: usize,
+        fut: Py<PyAny>,
+    },
+    RecvInto {
+        buf: Py<PyAny>,
+        fut: Py<PyAny>,
+    },
+    SendAll {
+        data: Vec<u8>,
+        pos: usize,
+        fut: Py<PyAny>,
+    },
+}
+
+impl SockOp {
+    pub fn future(&self) -> &Py<PyAny> {
+        match self {
+            SockOp::Recv { fut, .. }
+            | SockOp::RecvInto { fut, .. }
+            | SockOp::SendAll { fut, .. } => fut,
+        }
+    }
+}
+
+/// What one attempt of an operation came to.
+pub enum Attempt {
+    /// Would block: wait for readiness.
+    Again,
+    Done(Py<PyAny>),
+    Failed(PyErr),
+}
+
+/// `recv(fd, n)` as bytes (an empty bytes object at EOF).
+fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> std::io::Result<Py<PyAny>> {
+    if n <= SCRATCH_LIMIT {
+        with_scratch(n, |buf| {
+            recv(fd, buf).map(|len| PyBytes::new(py, &buf[..len]).into_any().unbind())
+        })
+    } else {
+        let mut data = vec![0u8; n];
+        let len = recv(fd, &mut data)?;
+        Ok(PyBytes::new(py, &data[..len]).into_any().unbind())
+    }
+}
+
+fn recv_into(
+    py: Python<'_>,
+    fd: RawFd,
+    buf: &Bound<'_, PyAny>,
+) -> PyResult<std::io::Result<usize>> {
+    let pybuf = PyBuffer::<u8>::get(buf)?;
+    if pybuf.readonly() || !pybuf.is_c_contiguous() {
+        return Err(pyo3::exceptions::PyTypeError::new_err(
+            "recv_into() argument must be a writable contiguous buffer",
+        ));
+    }
+    let len = pybuf.len_bytes();
+    // SAFETY: the buffer is writable and C-contiguous (checked), `len` bytes long, and
+    // `pybuf` keeps the exporter's view alive until it is dropped below; no Python code runs
+    // while the slice is borrowed.
+    let slice = unsafe { std::slice::from_raw_parts_mut(pybuf.buf_ptr().cast::<u8>(), len) };
+    let r = recv(fd, slice);
+    drop(pybuf);
+    let _ = py;
+    Ok(r)
+}
+
+fn io_attempt<T>(r: std::io::Result<T>, done: impl FnOnce(T) -> Py<PyAny>) -> Attempt {
+    match r {
+        Ok(v) => Attempt::Done(done(v)),
+        Err(e) if would_block(&e) => Attempt::Again,
+        Err(e) => Attempt::Failed(os_error(e)),
+    }
+}
+
+/// One try of `op` on `fd`; a send that made progress but is not done updates `op`.
+pub fn attempt(py: Python<'_>, fd: RawFd, op: &mut SockOp) -> Attempt {
+    match op {
+        SockOp::Recv { n, .. } => io_attempt(recv_bytes(py, fd, *n), |b| b),
+        SockOp::RecvInto { buf, .. } => match recv_into(py, fd, buf.bind(py)) {
+            Ok(r) => io_attempt(r, |n| {
+                n.into_pyobject(py)
+                    .map(|v| v.into_any().unbind())
+                    .unwrap_or_else(|_| py.None())
+            }),
+            Err(e) => Attempt::Failed(e),
+        },
+        SockOp::SendAll { data, pos, .. } => loop {
+            match send(fd, &data[*pos..]) {
+                Ok(n) => {
+                    *pos += n;
+                    if *pos == data.len() {
+                        return Attempt::Done(py.None());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if would_block(&e) => return Attempt::Again,
+                Err(e) => return Attempt::Failed(os_error(e)),
+            }
+        },
+    }
+}
+
+/// Resolves `fut` with what an attempt produced, unless it is already done (cancelled).
+pub fn resolve(py: Python<'_>, fut: &Py<PyAny>, outcome: Attempt) -> PyResult<()> {
+    let fut = fut.bind(py);
+    if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
+        return Ok(());
+    }
+    match outcome {
+        Attempt::Again => Ok(()),
+        Attempt::Done(v) => fut.call_method1(intern!(py, "set_result"), (v,)).map(drop),
+        Attempt::Failed(e) => fut
+            .call_method1(intern!(py, "set_exception"), (e.into_value(py),))
+            .map(drop),
+    }
+}
+
+/// Done-callback of a waiting operation's future: drops the operation if it is still the
+/// one waiting on that fd and side (the future was cancelled before the socket was ready).
+#[pyclass(frozen, module = "ferroloop._ferroloop")]
+pub struct SockOpDone {
+    pub event_loop: Py<CoreLoop>,
+    pub fd: RawFd,
+    pub read: bool,
+}
+
+#[pymethods]
+impl SockOpDone {
+    fn __call__(&self, py: Python<'_>, fut: &Bound<'_, PyAny>) {
+        let side = if self.read { Side::Read } else { Side::Write };
+        self.event_loop
+            .bind(py)
+            .get()
+            .sock_op_forget(py, self.fd, side, fut);
+    }
+}
+
+/// Validates `n` for `sock_recv` as `socket.recv` does.
+pub fn recv_size(n: isize) -> PyResult<usize> {
+    usize::try_from(n).map_err(|_| PyValueError::new_err("negative buffersize in recv"))
+}
+
+/// The first try of each operation, before any future exists.
+pub fn first_recv(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyAny>>> {
+    if n == 0 {
+        // `socket.recv(0)` returns b"" without a syscall.
+        return Ok(Some(PyBytes::new(py, b"").into_any().unbind()));
+    }
+    match recv_bytes(py, fd, n) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if would_block(&e) => Ok(None),
+        Err(e) => Err(os_error(e)),
+    }
+}
+
+pub fn first_recv_into(
+    py: Python<'_>,
+    fd: RawFd,
+    buf: &Bound<'_, PyAny>,
+) -> PyResult<Option<usize>> {
+    match recv_into(py, fd, buf)? {
+        Ok(n) => Ok(Some(n)),
+        Err(e) if would_block(&e) => Ok(None),
+        Err(e) => Err(os_error(e)),
+    }
+}
+
+/// Sends what it can of `data`; returns how much was sent.
+pub fn first_send(fd: RawFd, data: &[u8]) -> PyResult<usize> {
+    let mut pos = 0;
+    while pos < data.len() {
+        match send(fd, &data[pos..]) {
+            Ok(n) => pos += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if would_block(&e) => break,
+            Err(e) => return Err(os_error(e)),
+        }
+    }
+    Ok(pos)
+}

@@ -31,10 +31,9 @@ _FALLBACK_CHUNK = 256 * 1024
 _READ, _WRITE = False, True
 
 
-def _native(sock) -> bool:
-    # The Rust fast paths make the syscalls a plain socket's methods make; a subclass or a
-    # stand-in (tests swap methods on mocks) takes the general path, which calls its methods.
-    return type(sock) is socket.socket
+# The Rust fast paths make the syscalls a plain socket's methods make; a subclass or a
+# stand-in (tests swap methods on mocks) takes the general path, which calls its methods.
+_PLAIN_SOCKET = socket.socket
 
 
 def _check_ssl(sock) -> None:
@@ -196,11 +195,12 @@ class SocketOpsMixin:
 
     async def sock_recv(self, sock, n):
         """Receive up to n bytes from sock."""
-        self._check_socket(sock)
-        if _native(sock):
+        if type(sock) is _PLAIN_SOCKET:  # fast path; cannot be an SSLSocket
+            self._check_nonblocking(sock)
             result = self._sock_recv(sock.fileno(), n)
             if result is not NotImplemented:
                 return result if type(result) is bytes else await result
+        self._check_socket(sock)
         try:
             return sock.recv(n)
         except (BlockingIOError, InterruptedError):
@@ -209,11 +209,12 @@ class SocketOpsMixin:
 
     async def sock_recv_into(self, sock, buf):
         """Receive into the writable buffer buf; return the number of bytes received."""
-        self._check_socket(sock)
-        if _native(sock):
+        if type(sock) is _PLAIN_SOCKET:  # fast path; cannot be an SSLSocket
+            self._check_nonblocking(sock)
             result = self._sock_recv_into(sock.fileno(), buf)
             if result is not NotImplemented:
                 return result if type(result) is int else await result
+        self._check_socket(sock)
         try:
             return sock.recv_into(buf)
         except (BlockingIOError, InterruptedError):
@@ -253,11 +254,12 @@ class SocketOpsMixin:
 
     async def sock_sendall(self, sock, data):
         """Send all of data, waiting for the socket to drain as needed."""
-        self._check_socket(sock)
-        if _native(sock):
+        if type(sock) is _PLAIN_SOCKET:  # fast path; cannot be an SSLSocket
+            self._check_nonblocking(sock)
             result = self._sock_sendall(sock.fileno(), data)
             if result is not NotImplemented:
                 return None if result is None else await result
+        self._check_socket(sock)
         try:
             n = sock.send(data)
         except (BlockingIOError, InterruptedError):

@@ -24,6 +24,7 @@ import weakref
 from . import _ferroloop
 from ._format import format_callback
 from ._format import logger as _logger
+from ._servers import NetworkMixin
 from ._signals import SignalsMixin
 from ._sockets import SocketOpsMixin
 from ._transports import TransportsMixin
@@ -48,6 +49,7 @@ def _stop_when_done(fut) -> None:
 
 
 class Loop(
+    NetworkMixin,
     TransportsMixin,
     SignalsMixin,
     SocketOpsMixin,

@@ -565,10 +565,11 @@ impl CoreLoop {
     }
 
     fn remove_io(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, side: Side) -> PyResult<bool> {
+        let fd = fileobj_to_fd(fd)?;
+        self.ensure_fd_no_transport(py, fd)?;
         if self.closed.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let fd = fileobj_to_fd(fd)?;
         let registered = self.state.borrow(py).io.get(fd, side).is_some();
         if !registered {
             return Ok(false);
@@ -677,6 +678,9 @@ impl CoreLoop {
                     let r = Ready::from_event(ev);
                     let fd = (token.0 & !NATIVE_BIT) as RawFd;
                     if let Some(t) = transports.get(&fd) {
+                        if r.hangup {
+                            t.get().note_hangup(py);
+                        }
                         if r.readable {
                             ready.push_back(ReadyItem::Read(t.clone_ref(py)));
                         }
@@ -830,7 +834,7 @@ impl CoreLoop {
     }
 
     /// A new `asyncio.Future` attached to this loop.
-    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+    pub fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let types = asyncio_types(py)?;
         call_with_loop(

@@ -60,6 +60,8 @@ pub struct Ready {
     pub fd: RawFd,
     pub readable: bool,
     pub writable: bool,
+    /// The peer shut its side or the socket has an error: reads will not block any more.
+    pub hangup: bool,
 }
 
 impl Ready {
@@ -69,6 +71,7 @@ impl Ready {
             fd: ev.token().0 as RawFd,
             readable: ev.is_readable() || ev.is_read_closed() || err,
             writable: ev.is_writable() || ev.is_write_closed() || err,
+            hangup: ev.is_read_closed() || err,
         }
     }
 }

@@ -68,9 +68,16 @@ struct State {
     paused: bool,
     /// The peer's EOF arrived and the protocol kept the connection open: stop reading.
     read_eof: bool,
+    /// The poller reported a hang-up or error: keep reading (a turn per iteration) until
+    /// `recv` says EOF or fails, since no further edge will come.
+    hangup: bool,
     eof: bool,
     /// Registered with the poller (reading has started).
     registered: bool,
+    /// Reading started, then the poller registration was lent out (native sendfile).
+    suspended: bool,
+    /// `loop.sendfile` waits for the buffer to empty; writes are refused meanwhile.
+    empty_waiter: Option<Py<PyAny>>,
     /// Writable interest is on.
     want_write: bool,
 }
@@ -186,6 +193,15 @@ impl StreamTransport {
 
     pub fn is_closing(&self, py: Python<'_>) -> bool {
         self.state.borrow(py).closing
+    }
+
+    /// Called by the loop when the poller reports a hang-up or an error on the socket.
+    pub fn note_hangup(&self, py: Python<'_>) {
+        self.state.borrow_mut(py).hangup = true;
+    }
+
+    fn hangup(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).hangup
     }
 
     fn loop_of(&self, py: Python<'_>) -> Py<CoreLoop> {
@@ -332,7 +348,7 @@ impl StreamTransport {
             Self::fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.")?;
             return Ok(false);
         }
-        Ok(len == MAX_READ)
+        Ok(len == MAX_READ || slf.get().hangup(py))
     }
 
     fn read_buffered(
@@ -393,7 +409,7 @@ impl StreamTransport {
             )?;
             return Ok(false);
         }
-        Ok(n == cap)
+        Ok(n == cap || slf.get().hangup(py))
     }
 
     fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -440,14 +456,23 @@ impl StreamTransport {
         match result {
             Err(e) if would_block(&e) => Ok(()),
             Err(e) => {
-                let event_loop = {
+                let (event_loop, waiter) = {
                     let mut st = this.state.borrow_mut(py);
                     st.buffer = Vec::new();
                     st.sent = 0;
-                    st.event_loop.clone_ref(py)
+                    (
+                        st.event_loop.clone_ref(py),
+                        st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+                    )
                 };
                 this.set_interest(py, &event_loop, true, false)?;
-                Self::fatal_error(slf, os_error(e), "Fatal write error on socket transport")
+                let err = os_error(e);
+                if let Some(w) = waiter {
+                    let value = err.clone_ref(py).into_value(py);
+                    w.bind(py)
+                        .call_method1(intern!(py, "set_exception"), (value,))?;
+                }
+                Self::fatal_error(slf, err, "Fatal write error on socket transport")
             }
             Ok(n) => {
                 let (empty, closing, eof, event_loop) = {
@@ -471,6 +496,18 @@ impl StreamTransport {
                 Self::maybe_resume_protocol(slf)?;
                 if empty {
                     this.set_interest(py, &event_loop, true, false)?;
+                    let waiter = this
+                        .state
+                        .borrow(py)
+                        .empty_waiter
+                        .as_ref()
+                        .map(|w| w.clone_ref(py));
+                    if let Some(w) = waiter {
+                        let w = w.bind(py);
+                        if !w.call_method0(intern!(py, "done"))?.is_truthy()? {
+                            w.call_method1(intern!(py, "set_result"), (py.None(),))?;
+                        }
+                    }
                     if closing {
                         return Self::call_connection_lost_now(slf, None);
                     } else if eof {
@@ -548,15 +585,20 @@ impl StreamTransport {
     fn write_bytes(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        if data.is_empty() {
-            return Ok(());
-        }
         {
             let mut st = this.state.borrow_mut(py);
             if st.eof {
                 return Err(PyRuntimeError::new_err(
                     "Cannot call write() after write_eof()",
                 ));
+            }
+            if st.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "unable to write; sendfile is in progress",
+                ));
+            }
+            if data.is_empty() {
+                return Ok(());
             }
             if st.conn_lost > 0 {
                 st.conn_lost += 1;
@@ -619,10 +661,8 @@ impl StreamTransport {
         // SAFETY: attached; returns a new reference or NULL with an exception set.
         let context =
             unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind() };
+        // The caller (`Loop._make_socket_transport`) calls `server._attach(transport)`.
         let server = server.filter(|s| !s.is_none());
-        if let Some(s) = &server {
-            s.call_method0(intern!(py, "_attach"))?;
-        }
         Ok(StreamTransport {
             fd,
             state: GilCell::new(State {
@@ -643,8 +683,11 @@ impl StreamTransport {
                 closing: false,
                 paused: false,
                 read_eof: false,
+                hangup: false,
                 eof: false,
                 registered: false,
+                suspended: false,
+                empty_waiter: None,
                 want_write: false,
             }),
         })
@@ -867,6 +910,68 @@ impl StreamTransport {
         self.fd
     }
 
+    /// The socket object (for `loop.sendfile`'s native path).
+    #[getter]
+    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).sock.as_ref().map(|s| s.clone_ref(py))
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).protocol_paused
+    }
+
+    /// A future done when the write buffer is empty; `write()` is refused until
+    /// `_reset_empty_waiter()` (asyncio's contract with `loop.sendfile`).
+    fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.state.borrow(py).empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+        }
+        let event_loop = this.loop_of(py);
+        let fut = CoreLoop::create_future(event_loop.bind(py))?;
+        let empty = {
+            let mut st = this.state.borrow_mut(py);
+            st.empty_waiter = Some(fut.clone().unbind());
+            st.buffered() == 0
+        };
+        if empty {
+            fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
+        }
+        Ok(fut.unbind())
+    }
+
+    fn _reset_empty_waiter(&self, py: Python<'_>) {
+        let old = self.state.borrow_mut(py).empty_waiter.take();
+        drop(old);
+    }
+
+    /// Lends the socket's poller registration out (native sendfile drives the fd itself).
+    fn _suspend_io(&self, py: Python<'_>) -> PyResult<()> {
+        let event_loop = {
+            let mut st = self.state.borrow_mut(py);
+            if !st.registered {
+                return Ok(());
+            }
+            st.suspended = true;
+            st.event_loop.clone_ref(py)
+        };
+        self.set_interest(py, &event_loop, false, false)
+    }
+
+    /// Takes the registration back after `_suspend_io`.
+    fn _resume_io(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut st = slf.get().state.borrow_mut(py);
+            if !std::mem::replace(&mut st.suspended, false) || st.sock.is_none() {
+                return Ok(());
+            }
+        }
+        Self::_start_reading(slf)
+    }
+
     /// asyncio's `_call_connection_lost`: tell the protocol, close the socket, detach from
     /// the server. Runs as a loop callback.
     #[pyo3(signature = (exc=None))]
@@ -905,7 +1010,9 @@ impl StreamTransport {
             sock.bind(py).call_method0(intern!(py, "close"))?;
         }
         if let Some(server) = server {
-            server.bind(py).call_method0(intern!(py, "_detach"))?;
+            server
+                .bind(py)
+                .call_method1(intern!(py, "_detach"), (slf,))?;
         }
         result
     }

@@ -8,6 +8,8 @@ their creation: ``connection_made``, the start of reading, then the waiter.
 from __future__ import annotations
 
 import socket
+from asyncio import Protocol
+from asyncio.exceptions import SendfileNotAvailableError
 
 from . import _ferroloop
 from ._format import logger
@@ -16,6 +18,71 @@ try:  # A read-only view of the socket, as asyncio hands out (stable since 3.8).
     from asyncio.trsock import TransportSocket as _TransportSocket
 except ImportError:  # pragma: no cover - not on supported versions
     _TransportSocket = None
+
+
+_FALLBACK_BLOCK = 16 * 1024
+
+
+def _sendfile_mode(transport) -> str:
+    # asyncio marks transports with a private enum; compare its member names, not the enum.
+    if isinstance(transport, _ferroloop.StreamTransport):
+        return "TRY_NATIVE"
+    mode = getattr(transport, "_sendfile_compatible", None)
+    return getattr(mode, "name", "UNSUPPORTED")
+
+
+class _WriteGate(Protocol):
+    """Stands in for the transport's protocol while ``loop.sendfile`` falls back to reads and
+    writes: it turns pause/resume_writing into an awaitable gate, and hands connection_lost on.
+    """
+
+    def __init__(self, loop, transport) -> None:
+        self._loop = loop
+        self._transport = transport
+        self._proto = transport.get_protocol()
+        self._resume_reading = transport.is_reading()
+        self._resume_writing = transport._protocol_paused
+        transport.pause_reading()
+        transport.set_protocol(self)
+        self._gate = loop.create_future() if self._resume_writing else None
+
+    async def drain(self) -> None:
+        if self._transport.is_closing():
+            raise ConnectionError("Connection closed by peer")
+        if self._gate is not None:
+            await self._gate
+
+    def connection_made(self, transport) -> None:
+        raise RuntimeError("Invalid state: connection should have been established already.")
+
+    def connection_lost(self, exc) -> None:
+        if self._gate is not None:
+            self._gate.set_exception(exc or ConnectionError("Connection is closed by peer"))
+        self._proto.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._gate is None:
+            self._gate = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._gate is not None:
+            self._gate.set_result(False)
+            self._gate = None
+
+    def data_received(self, data) -> None:
+        raise RuntimeError("Invalid state: reading should be paused")
+
+    def eof_received(self) -> None:
+        raise RuntimeError("Invalid state: reading should be paused")
+
+    def restore(self) -> None:
+        self._transport.set_protocol(self._proto)
+        if self._resume_reading:
+            self._transport.resume_reading()
+        if self._gate is not None:
+            self._gate.cancel()
+        if self._resume_writing:
+            self._proto.resume_writing()
 
 
 def _set_result_unless_cancelled(fut, result) -> None:
@@ -49,6 +116,8 @@ class TransportsMixin:
                 info["peername"] = None
         _set_nodelay(sock)
         transport = _ferroloop.StreamTransport(self, sock, protocol, info, server)
+        if server is not None:
+            server._attach(transport)
         self.call_soon(protocol.connection_made, transport)
         self.call_soon(transport._start_reading)
         if waiter is not None:
@@ -69,3 +138,65 @@ class TransportsMixin:
                     "protocol": protocol,
                 }
             )
+
+    # -- loop.sendfile -------------------------------------------------------------------
+
+    async def sendfile(self, transport, file, offset=0, count=None, *, fallback=True):
+        """Send a file over a transport: zero-copy ``os.sendfile`` on plain sockets, else
+        reads and writes (asyncio's semantics, including the file position afterwards)."""
+        if transport.is_closing():
+            raise RuntimeError("Transport is closing")
+        mode = _sendfile_mode(transport)
+        if mode == "UNSUPPORTED":
+            raise RuntimeError(f"sendfile is not supported for transport {transport!r}")
+        if mode == "TRY_NATIVE":
+            try:
+                return await self._sendfile_native(transport, file, offset, count)
+            except SendfileNotAvailableError:
+                if not fallback:
+                    raise
+        if not fallback:
+            raise RuntimeError(
+                "fallback is disabled and native sendfile is not supported for "
+                f"transport {transport!r}"
+            )
+        return await self._sendfile_fallback(transport, file, offset, count)
+
+    async def _sendfile_native(self, transport, file, offset, count):
+        resume_reading = transport.is_reading()
+        transport.pause_reading()
+        await transport._make_empty_waiter()
+        # sock_sendfile drives the fd itself: lend it the poller registration.
+        transport._suspend_io()
+        try:
+            return await self.sock_sendfile(transport._sock, file, offset, count, fallback=False)
+        finally:
+            transport._reset_empty_waiter()
+            transport._resume_io()
+            if resume_reading:
+                transport.resume_reading()
+
+    async def _sendfile_fallback(self, transport, file, offset, count):
+        if offset:
+            file.seek(offset)
+        blocksize = min(count, _FALLBACK_BLOCK) if count else _FALLBACK_BLOCK
+        buf = bytearray(blocksize)
+        total = 0
+        gate = _WriteGate(self, transport)
+        try:
+            while True:
+                if count:
+                    blocksize = min(count - total, blocksize)
+                    if blocksize <= 0:
+                        return total
+                view = memoryview(buf)[:blocksize]
+                read = await self.run_in_executor(None, file.readinto, view)
+                if not read:
+                    return total
+                await gate.drain()
+                transport.write(view[:read])
+                total += read
+        finally:
+            if total > 0 and hasattr(file, "seek"):
+                file.seek(offset + total)
+            gate.restore()

@@ -8,6 +8,7 @@ mod gil_cell;
 mod handles;
 pub mod poller;
 mod sock_ops;
+mod sys;
 pub mod timers;
 mod transport;
 

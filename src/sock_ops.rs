@@ -23,7 +23,7 @@ use pyo3::types::PyBytes;
 use crate::errors::os_error;
 use crate::event_loop::CoreLoop;
 use crate::poller::Side;
-use crate::transport::{recv, send, with_scratch, would_block};
+use crate::sys::{recv, send, with_scratch, would_block};
 
 /// Reads up to this size go through the per-thread scratch buffer.
 const SCRATCH_LIMIT: usize = 256 * 1024;

@@ -30,6 +30,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
 use crate::errors::os_error;
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilCell;
+use crate::sys::{read_fd, recv, send, with_scratch, would_block, write_fd};
 
 /// Bytes asked of each `recv` (asyncio's `max_size`).
 const MAX_READ: usize = 256 * 1024;
@@ -88,9 +89,32 @@ impl State {
     }
 }
 
+/// What the fd is: a connected socket, or one end of a pipe (or a character device).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Socket,
+    /// `connect_read_pipe`: reads only; EOF closes the transport.
+    ReadPipe,
+    /// `connect_write_pipe`: writes only; readiness to read means the reader went away
+    /// (when `watch_peer`), and `write_eof`/`close` close the pipe once flushed.
+    WritePipe {
+        watch_peer: bool,
+    },
+}
+
+impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Socket => "socket",
+            _ => "pipe",
+        }
+    }
+}
+
 #[pyclass(frozen, weakref, module = "ferroloop._ferroloop")]
 pub struct StreamTransport {
     fd: RawFd,
+    kind: Kind,
     state: GilCell<State>,
 }
 
@@ -112,53 +136,6 @@ fn make_reader(py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<Reader> 
         Ok(Reader::Data(
             protocol.getattr(intern!(py, "data_received"))?.unbind(),
         ))
-    }
-}
-
-/// Runs `f` with this thread's receive buffer, at least `len` bytes long. Reading into it
-/// and copying out exactly what arrived beats allocating (and zeroing) `len` bytes per read.
-pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0);
-            }
-            f(&mut buf[..len])
-        }
-        // Re-entered (cannot happen: no Python code runs inside `f`): use a fresh buffer.
-        Err(_) => f(&mut vec![0; len]),
-    })
-}
-
-pub fn would_block(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-    )
-}
-
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; `fd` is a socket owned by the
-    // transport's socket object, open while the transport is not closed.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-pub fn send(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes; see `recv` for the fd.
-    // MSG_NOSIGNAL: a peer that went away must give EPIPE, not kill the process.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
     }
 }
 
@@ -189,6 +166,20 @@ fn is_base_exit(py: Python<'_>, e: &PyErr) -> bool {
 impl StreamTransport {
     pub fn fd(&self) -> RawFd {
         self.fd
+    }
+
+    fn read_some(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.kind {
+            Kind::Socket => recv(self.fd, buf),
+            _ => read_fd(self.fd, buf),
+        }
+    }
+
+    fn write_some(&self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.kind {
+            Kind::Socket => send(self.fd, buf),
+            _ => write_fd(self.fd, buf),
+        }
     }
 
     pub fn is_closing(&self, py: Python<'_>) -> bool {
@@ -295,6 +286,23 @@ impl StreamTransport {
     pub fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        if let Kind::WritePipe { watch_peer } = this.kind {
+            // The read end went away (asyncio: "Pipe was closed by peer").
+            let buffered = this.state.borrow(py).buffered() > 0;
+            if watch_peer && this.state.borrow(py).conn_lost == 0 {
+                let exc = if buffered {
+                    Some(
+                        pyo3::exceptions::PyBrokenPipeError::new_err(())
+                            .into_value(py)
+                            .into_any(),
+                    )
+                } else {
+                    None
+                };
+                return Self::force_close(slf, exc);
+            }
+            return Ok(());
+        }
         let (context, reader) = {
             let st = this.state.borrow(py);
             if st.conn_lost > 0 || st.closing || st.paused || st.read_eof || !st.registered {
@@ -325,15 +333,17 @@ impl StreamTransport {
     /// Returns whether another turn should be queued (the read filled the buffer).
     fn read_data(slf: &Bound<'_, Self>, data_received: &Bound<'_, PyAny>) -> PyResult<bool> {
         let py = slf.py();
-        let fd = slf.get().fd;
+        let this = slf.get();
         let result = with_scratch(MAX_READ, |buf| {
-            recv(fd, buf).map(|n| (n, (n > 0).then(|| PyBytes::new(py, &buf[..n]))))
+            this.read_some(buf)
+                .map(|n| (n, (n > 0).then(|| PyBytes::new(py, &buf[..n]))))
         });
         let (len, data) = match result {
             Ok(r) => r,
             Err(e) if would_block(&e) => return Ok(false),
             Err(e) => {
-                Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport")?;
+                let msg = format!("Fatal read error on {} transport", slf.get().kind.noun());
+                Self::fatal_error(slf, os_error(e), &msg)?;
                 return Ok(false);
             }
         };
@@ -357,7 +367,6 @@ impl StreamTransport {
         buffer_updated: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         let py = slf.py();
-        let fd = slf.get().fd;
         let buf = match get_buffer.call1((-1,)).and_then(|b| {
             let pybuf = PyBuffer::<u8>::get(&b)?;
             if pybuf.readonly() || !pybuf.is_c_contiguous() {
@@ -384,13 +393,14 @@ impl StreamTransport {
         // and `buf` keeps the exporter's view alive for the duration of the call. No Python
         // code runs while the slice is borrowed.
         let slice = unsafe { std::slice::from_raw_parts_mut(buf.buf_ptr().cast::<u8>(), cap) };
-        let result = recv(fd, slice);
+        let result = slf.get().read_some(slice);
         drop(buf);
         let n = match result {
             Ok(n) => n,
             Err(e) if would_block(&e) => return Ok(false),
             Err(e) => {
-                Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport")?;
+                let msg = format!("Fatal read error on {} transport", slf.get().kind.noun());
+                Self::fatal_error(slf, os_error(e), &msg)?;
                 return Ok(false);
             }
         };
@@ -414,6 +424,22 @@ impl StreamTransport {
 
     fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        if slf.get().kind == Kind::ReadPipe {
+            // asyncio's pipe transport: stop, then eof_received() and connection_lost(None)
+            // as loop callbacks; eof_received's answer does not matter.
+            let (event_loop, protocol) = {
+                let mut st = slf.get().state.borrow_mut(py);
+                st.closing = true;
+                st.conn_lost += 1;
+                (st.event_loop.clone_ref(py), st.protocol.clone_ref(py))
+            };
+            slf.get().set_interest(py, &event_loop, false, false)?;
+            let eof = protocol.bind(py).getattr(intern!(py, "eof_received"))?;
+            event_loop
+                .bind(py)
+                .call_method1(intern!(py, "call_soon"), (eof,))?;
+            return Self::schedule_connection_lost(slf, &event_loop, None);
+        }
         let protocol = slf.get().state.borrow(py).protocol.clone_ref(py);
         match protocol.bind(py).call_method0(intern!(py, "eof_received")) {
             Ok(keep_open) => {
@@ -451,7 +477,7 @@ impl StreamTransport {
         let this = slf.get();
         let result = {
             let st = this.state.borrow(py);
-            send(this.fd, &st.buffer[st.sent..])
+            this.write_some(&st.buffer[st.sent..])
         };
         match result {
             Err(e) if would_block(&e) => Ok(()),
@@ -472,7 +498,8 @@ impl StreamTransport {
                     w.bind(py)
                         .call_method1(intern!(py, "set_exception"), (value,))?;
                 }
-                Self::fatal_error(slf, err, "Fatal write error on socket transport")
+                let msg = format!("Fatal write error on {} transport", this.kind.noun());
+                Self::fatal_error(slf, err, &msg)
             }
             Ok(n) => {
                 let (empty, closing, eof, event_loop) = {
@@ -600,22 +627,26 @@ impl StreamTransport {
             if data.is_empty() {
                 return Ok(());
             }
-            if st.conn_lost > 0 {
+            // A pipe also refuses writes once closing (asyncio's pipe transport does).
+            if st.conn_lost > 0 || (this.kind != Kind::Socket && st.closing) {
                 st.conn_lost += 1;
                 let warn = st.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES;
                 drop(st);
                 if warn {
-                    let logger = py
-                        .import("logging")?
-                        .call_method1("getLogger", ("asyncio",))?;
-                    logger.call_method1("warning", ("socket.send() raised exception.",))?;
+                    let message = match this.kind {
+                        Kind::Socket => "socket.send() raised exception.",
+                        _ => "pipe closed by peer or os.write(pipe, data) raised exception.",
+                    };
+                    crate::handles::format_module(py)?
+                        .call_method0(intern!(py, "logger"))?
+                        .call_method1(intern!(py, "warning"), (message,))?;
                 }
                 return Ok(());
             }
         }
         let mut rest = data;
         if this.state.borrow(py).buffered() == 0 {
-            match send(this.fd, data) {
+            match this.write_some(data) {
                 Ok(n) if n == data.len() => return Ok(()),
                 Ok(n) => rest = &data[n..],
                 Err(e) if would_block(&e) => {}
@@ -623,7 +654,7 @@ impl StreamTransport {
                     return Self::fatal_error(
                         slf,
                         os_error(e),
-                        "Fatal write error on socket transport",
+                        &format!("Fatal write error on {} transport", this.kind.noun()),
                     );
                 }
             }
@@ -644,7 +675,7 @@ impl StreamTransport {
     /// the start of reading are scheduled with `call_soon`, as asyncio does; the Python side
     /// (`Loop._make_socket_transport`) builds `extra` and schedules the waiter.
     #[new]
-    #[pyo3(signature = (event_loop, sock, protocol, extra, server=None))]
+    #[pyo3(signature = (event_loop, sock, protocol, extra, server=None, kind="socket"))]
     fn new(
         py: Python<'_>,
         event_loop: Bound<'_, CoreLoop>,
@@ -652,7 +683,19 @@ impl StreamTransport {
         protocol: Bound<'_, PyAny>,
         extra: Bound<'_, PyDict>,
         server: Option<Bound<'_, PyAny>>,
+        kind: &str,
     ) -> PyResult<Self> {
+        let kind = match kind {
+            "socket" => Kind::Socket,
+            "read_pipe" => Kind::ReadPipe,
+            "write_pipe" => Kind::WritePipe { watch_peer: true },
+            "write_device" => Kind::WritePipe { watch_peer: false },
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "unknown transport kind {other:?}"
+                )))
+            }
+        };
         let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
         if fd < 0 {
             return Err(PyValueError::new_err("the socket is closed"));
@@ -665,6 +708,7 @@ impl StreamTransport {
         let server = server.filter(|s| !s.is_none());
         Ok(StreamTransport {
             fd,
+            kind,
             state: GilCell::new(State {
                 event_loop: event_loop.unbind(),
                 sock: Some(sock.unbind()),
@@ -696,9 +740,16 @@ impl StreamTransport {
     /// `asyncio.Transport` (see `Handle.__class__` for why).
     #[getter]
     fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        static CLS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        CLS.get_or_try_init(py, || {
-            Ok::<_, PyErr>(py.import("asyncio")?.getattr("Transport")?.unbind())
+        static SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static READ: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let (cell, name) = match self.kind {
+            Kind::Socket => (&SOCKET, "Transport"),
+            Kind::ReadPipe => (&READ, "ReadTransport"),
+            Kind::WritePipe { .. } => (&WRITE, "WriteTransport"),
+        };
+        cell.get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("asyncio")?.getattr(name)?.unbind())
         })
         .map(|c| c.clone_ref(py))
     }
@@ -722,7 +773,8 @@ impl StreamTransport {
             this.state.borrow_mut(py).registered = false;
             return Err(e);
         }
-        if !this.state.borrow(py).paused {
+        let reads = !matches!(this.kind, Kind::WritePipe { .. });
+        if reads && !this.state.borrow(py).paused {
             core.push_transport_read(py, slf.clone().unbind());
         }
         Ok(())
@@ -752,6 +804,10 @@ impl StreamTransport {
 
     fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        if let Kind::WritePipe { .. } = slf.get().kind {
+            // A pipe has no half-close: EOF means closing it once the buffer is flushed.
+            return Self::close(slf);
+        }
         {
             let mut st = slf.get().state.borrow_mut(py);
             if st.closing || st.eof {

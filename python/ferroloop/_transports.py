@@ -7,7 +7,9 @@ their creation: ``connection_made``, the start of reading, then the waiter.
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 from asyncio import Protocol
 from asyncio.exceptions import SendfileNotAvailableError
 
@@ -118,6 +120,31 @@ class TransportsMixin:
         transport = _ferroloop.StreamTransport(self, sock, protocol, info, server)
         if server is not None:
             server._attach(transport)
+        self.call_soon(protocol.connection_made, transport)
+        self.call_soon(transport._start_reading)
+        if waiter is not None:
+            self.call_soon(_set_result_unless_cancelled, waiter, None)
+        return transport
+
+    def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        """A Rust read transport over a non-blocking pipe, socket or character device."""
+        return self._start_pipe_transport("read_pipe", pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
+        """A Rust write transport over a non-blocking pipe, socket or character device.
+
+        For pipes and sockets, readiness to read means the reader went away (asyncio watches
+        it the same way); a character device (a PTY) may legitimately have input waiting.
+        """
+        mode = os.fstat(pipe.fileno()).st_mode
+        watches = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+        kind = "write_pipe" if watches else "write_device"
+        return self._start_pipe_transport(kind, pipe, protocol, waiter, extra)
+
+    def _start_pipe_transport(self, kind, pipe, protocol, waiter, extra):
+        info = dict(extra) if extra else {}
+        info["pipe"] = pipe
+        transport = _ferroloop.StreamTransport(self, pipe, protocol, info, None, kind)
         self.call_soon(protocol.connection_made, transport)
         self.call_soon(transport._start_reading)
         if waiter is not None:

@@ -1,0 +1,171 @@
+"""``python -m ferroloop bench``: options, contestant probing, and writing the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import contestants, procstat, registry, report, runner, sock_echo, subproc
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="short run (about 1-2 minutes): fewer rounds, shorter measurements, 1 KiB echo only",
+    )
+    parser.add_argument(
+        "--only",
+        type=_names,
+        metavar="NAME,...",
+        help="run only these workloads or workload families (see --list)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, metavar="N", help="rounds per workload (default 5, --quick 3)"
+    )
+    parser.add_argument(
+        "--loops",
+        type=_names,
+        metavar="LOOP,...",
+        help=f"contestants, from {', '.join(contestants.KNOWN)} (default: all that are "
+        "installed; asyncio and ferroloop are always shown)",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        metavar="PATH",
+        help="also write the markdown report here (e.g. docs/benchmarks.md)",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write raw results as JSON")
+    parser.add_argument(
+        "--list", action="store_true", help="list the workloads and what they measure, then exit"
+    )
+    parser.add_argument(
+        "--selftest",
+        action="store_true",
+        help="check that the echo harness rejects a corrupting server, then exit",
+    )
+    parser.add_argument(
+        "--no-snapshot",
+        dest="snapshot",
+        action="store_false",
+        help="run ferroloop from where it is installed, not from a copy taken at the start "
+        "(by default a rebuild during the run cannot mix versions)",
+    )
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit with status 1 if any measurement ended in an error (not for 'unsupported')",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up on a measurement's processes after this long (default 60)",
+    )
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _probe(names: list[str], explicit: bool) -> list[contestants.Availability]:
+    found = []
+    for name in names:
+        availability = contestants.probe(name)
+        if availability.available:
+            _log(f"contestant {name}: {availability.version}")
+        else:
+            _log(f"contestant {name}: unavailable ({availability.detail.splitlines()[0]})")
+        if availability.available or explicit or name in contestants.ALWAYS_SHOWN:
+            found.append(availability)
+    return found
+
+
+def _settings(args: argparse.Namespace) -> registry.Settings:
+    client_loop = "asyncio"
+    for name in contestants.CLIENT_LOOPS:
+        if name == "asyncio" or contestants.probe(name).available:
+            client_loop = name
+            break
+    cpus = procstat.allowed_cpus()
+    return registry.Settings(
+        quick=args.quick, cpus=cpus[:2], timeout=args.timeout, client_loop=client_loop
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.list or args.selftest or not args.snapshot:
+        return _main(args)
+    with subproc.snapshot_package() as copy:
+        _log(f"benchmarking a copy of ferroloop taken now, in {copy}")
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
+    if args.list:
+        for w in registry.all_workloads():
+            runs = "quick+default" if w.quick else "default" if w.default else "on request"
+            print(f"{w.name:<16} [{w.family}, {runs}] {w.description}")
+        return 0
+    settings = _settings(args)
+    if args.selftest:
+        return 0 if sock_echo.selftest(settings, _log) else 1
+    try:
+        workloads = registry.select_workloads(args.only, args.quick)
+    except KeyError as exc:
+        _log(f"error: {exc.args[0]}")
+        return 2
+    unknown = [n for n in args.loops or () if n not in contestants.KNOWN]
+    if unknown:
+        _log(f"error: unknown loop(s) {', '.join(unknown)}; known: {', '.join(contestants.KNOWN)}")
+        return 2
+    available = _probe(args.loops or list(contestants.KNOWN), explicit=bool(args.loops))
+    names = [c.name for c in available if c.available]
+    baseline = next((b for b in contestants.BASELINES if b in names), names[0] if names else None)
+    rounds = args.rounds or (3 if args.quick else 5)
+    plan = runner.Plan(
+        workloads=workloads,
+        contestants=available,
+        baseline=baseline,
+        rounds=rounds,
+        settings=settings,
+        attempts=2 if args.quick else 3,
+        ferroloop_revision=contestants.git_revision(),
+    )
+    _log(
+        f"{len(workloads)} workloads x {len(names)} loops x {rounds} rounds; baseline {baseline}; "
+        f"load generator on {settings.client_loop}; CPUs {list(settings.cpus)}"
+    )
+    fingerprint = contestants.ferroloop_fingerprint()
+    results = runner.run(plan, _log)
+    if contestants.ferroloop_fingerprint() != fingerprint:
+        if args.snapshot:
+            _log("note: ferroloop was rebuilt during the run; the run used the copy")
+        else:
+            results.warnings.append(
+                "ferroloop's files changed during the run (rebuilt?): its rounds may mix versions."
+            )
+            _log(f"warning: {results.warnings[-1]}")
+    text = report.markdown(results)
+    print(text)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text, encoding="utf-8")
+        _log(f"report written to {args.output}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report.to_json(results), indent=1), encoding="utf-8")
+        _log(f"raw results written to {args.json}")
+    _log(f"done in {results.seconds / 60:.1f} min")
+    errors = [key for key in results.rounds if (f := results.failure(*key)) and f.status == "error"]
+    if errors:
+        _log("errors in: " + ", ".join(f"{w}/{c}" for w, c in errors))
+    return 1 if errors and args.strict else 0

@@ -20,6 +20,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transport::StreamTransport>()?;
+    m.add_class::<transport::DatagramTransport>()?;
     m.add(
         "BUILD_PROFILE",
         if cfg!(debug_assertions) {

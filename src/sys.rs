@@ -74,3 +74,120 @@ pub fn send(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
         Ok(n as usize)
     }
 }
+
+/// A socket address as the kernel gives or takes it.
+pub struct RawAddr {
+    pub storage: libc::sockaddr_storage,
+    pub len: libc::socklen_t,
+}
+
+impl RawAddr {
+    fn empty() -> RawAddr {
+        RawAddr {
+            // SAFETY: all-zero bytes are a valid (unspecified-family) sockaddr_storage.
+            storage: unsafe { std::mem::zeroed() },
+            len: std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+        }
+    }
+
+    /// The IPv4 or IPv6 address inside, if that is the family.
+    pub fn to_socket_addr(&self) -> Option<std::net::SocketAddr> {
+        use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+        match i32::from(self.storage.ss_family) {
+            libc::AF_INET if self.len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+                // SAFETY: the family says this storage holds a sockaddr_in, and it is long
+                // enough; sockaddr_storage is aligned for every sockaddr type.
+                let sin = unsafe { &*(&self.storage as *const _ as *const libc::sockaddr_in) };
+                let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                Some(SocketAddrV4::new(ip, u16::from_be(sin.sin_port)).into())
+            }
+            libc::AF_INET6 if self.len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+                // SAFETY: as above, for sockaddr_in6.
+                let sin6 = unsafe { &*(&self.storage as *const _ as *const libc::sockaddr_in6) };
+                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                Some(
+                    SocketAddrV6::new(
+                        ip,
+                        u16::from_be(sin6.sin6_port),
+                        u32::from_be(sin6.sin6_flowinfo),
+                        sin6.sin6_scope_id,
+                    )
+                    .into(),
+                )
+            }
+            _ => None,
+        }
+    }
+
+    pub fn from_socket_addr(addr: &std::net::SocketAddr) -> RawAddr {
+        let mut raw = RawAddr::empty();
+        match addr {
+            std::net::SocketAddr::V4(a) => {
+                // SAFETY: writing a sockaddr_in into storage that is large and aligned enough.
+                let sin = unsafe { &mut *(&mut raw.storage as *mut _ as *mut libc::sockaddr_in) };
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr.s_addr = u32::from(*a.ip()).to_be();
+                raw.len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            }
+            std::net::SocketAddr::V6(a) => {
+                // SAFETY: as above, for sockaddr_in6.
+                let sin6 = unsafe { &mut *(&mut raw.storage as *mut _ as *mut libc::sockaddr_in6) };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_flowinfo = a.flowinfo().to_be();
+                sin6.sin6_addr.s6_addr = a.ip().octets();
+                sin6.sin6_scope_id = a.scope_id();
+                raw.len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            }
+        }
+        raw
+    }
+}
+
+/// `recvfrom(2)`: one datagram and who sent it.
+pub fn recvfrom(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, RawAddr)> {
+    let mut addr = RawAddr::empty();
+    // SAFETY: `buf` is valid for writes of its length; `addr.storage` is a writable
+    // sockaddr_storage whose size is in `addr.len`, which the kernel updates.
+    let n = unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            0,
+            &mut addr.storage as *mut _ as *mut libc::sockaddr,
+            &mut addr.len,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok((n as usize, addr))
+    }
+}
+
+/// `sendto(2)`, or `send(2)` when `addr` is `None` (a connected socket).
+pub fn sendto(fd: RawFd, buf: &[u8], addr: Option<&RawAddr>) -> std::io::Result<usize> {
+    let (ptr, len) = match addr {
+        Some(a) => (&a.storage as *const _ as *const libc::sockaddr, a.len),
+        None => (std::ptr::null(), 0),
+    };
+    // SAFETY: `buf` is valid for reads of its length; `ptr`/`len` describe a valid address
+    // or are null/0, which sendto accepts for connected sockets.
+    let n = unsafe {
+        libc::sendto(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+            ptr,
+            len,
+        )
+    };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

@@ -105,6 +105,17 @@ def _set_nodelay(sock: socket.socket) -> None:
 class TransportsMixin:
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         """A Rust stream transport for a connected non-blocking stream socket."""
+        info = self._socket_info(sock, extra)
+        _set_nodelay(sock)
+        transport = _ferroloop.StreamTransport(self, sock, protocol, info, server)
+        if server is not None:
+            server._attach(transport)
+        self._schedule_start(transport, protocol, waiter)
+        return transport
+
+    @staticmethod
+    def _socket_info(sock, extra) -> dict:
+        # asyncio's extra info of a socket transport: the socket (read-only view), both names.
         info = dict(extra) if extra else {}
         info["socket"] = _TransportSocket(sock) if _TransportSocket else sock
         try:
@@ -116,14 +127,22 @@ class TransportsMixin:
                 info["peername"] = sock.getpeername()
             except OSError:
                 info["peername"] = None
-        _set_nodelay(sock)
-        transport = _ferroloop.StreamTransport(self, sock, protocol, info, server)
-        if server is not None:
-            server._attach(transport)
+        return info
+
+    def _schedule_start(self, transport, protocol, waiter) -> None:
+        # As asyncio: the fd belongs to the transport from now on; connection_made first,
+        # then reading, then the waiter.
+        self._attach_transport(transport)
         self.call_soon(protocol.connection_made, transport)
         self.call_soon(transport._start_reading)
         if waiter is not None:
             self.call_soon(_set_result_unless_cancelled, waiter, None)
+
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        """A Rust datagram transport for a non-blocking UDP or Unix datagram socket."""
+        info = self._socket_info(sock, extra)
+        transport = _ferroloop.DatagramTransport(self, sock, protocol, info, address)
+        self._schedule_start(transport, protocol, waiter)
         return transport
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
@@ -145,10 +164,7 @@ class TransportsMixin:
         info = dict(extra) if extra else {}
         info["pipe"] = pipe
         transport = _ferroloop.StreamTransport(self, pipe, protocol, info, None, kind)
-        self.call_soon(protocol.connection_made, transport)
-        self.call_soon(transport._start_reading)
-        if waiter is not None:
-            self.call_soon(_set_result_unless_cancelled, waiter, None)
+        self._schedule_start(transport, protocol, waiter)
         return transport
 
     def _transport_error(self, transport, exc, message, protocol) -> None:

@@ -42,7 +42,7 @@ use crate::sock_ops::{self, SockOp};
 use crate::timers::TimerHeap;
 
 mod native_io;
-use crate::transport::StreamTransport;
+use crate::transport::NativeTransport;
 
 const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Tokens of Rust-owned sockets (transports) carry this bit above the fd.
@@ -76,8 +76,8 @@ fn current_thread_id() -> u64 {
 /// An entry of the ready queue: a Python callback, or a turn of a Rust transport.
 pub enum ReadyItem {
     Handle(Py<Handle>),
-    Read(Py<StreamTransport>),
-    Write(Py<StreamTransport>),
+    Read(NativeTransport),
+    Write(NativeTransport),
     /// A turn of the native `sock_*` operation waiting on an fd.
     Sock(RawFd, Side),
 }
@@ -119,7 +119,7 @@ impl SockWaits {
 struct State {
     ready: VecDeque<ReadyItem>,
     /// Rust transports by fd (registered with `NATIVE_BIT` tokens, edge-triggered).
-    transports: HashMap<RawFd, Py<StreamTransport>>,
+    transports: HashMap<RawFd, NativeTransport>,
     /// Native `sock_*` operations waiting for readiness, by fd (`SOCK_BIT` tokens).
     sock_waits: HashMap<RawFd, SockWaits>,
     timers: TimerHeap<Py<TimerHandle>>,
@@ -324,10 +324,10 @@ impl CoreLoop {
             .get(&fd)
             .map(|t| t.clone_ref(py));
         if let Some(t) = transport {
-            if !t.get().is_closing(py) {
+            if !t.is_closing(py) {
                 return Err(PyRuntimeError::new_err(format!(
                     "File descriptor {fd} is used by transport {}",
-                    repr(t.bind(py).as_any())
+                    repr(t.as_any().bind(py))
                 )));
             }
         }
@@ -449,7 +449,7 @@ impl CoreLoop {
                     let fd = (token.0 & !NATIVE_BIT) as RawFd;
                     if let Some(t) = transports.get(&fd) {
                         if r.hangup {
-                            t.get().note_hangup(py);
+                            t.note_hangup(py);
                         }
                         if r.readable {
                             ready.push_back(ReadyItem::Read(t.clone_ref(py)));
@@ -503,11 +503,11 @@ impl CoreLoop {
                 None => break,
                 Some(ReadyItem::Handle(h)) => h.into_bound(py),
                 Some(ReadyItem::Read(t)) => {
-                    StreamTransport::on_readable(t.bind(py))?;
+                    t.on_readable(py)?;
                     continue;
                 }
                 Some(ReadyItem::Write(t)) => {
-                    StreamTransport::on_writable(t.bind(py))?;
+                    t.on_writable(py)?;
                     continue;
                 }
                 Some(ReadyItem::Sock(fd, side)) => {
@@ -613,6 +613,25 @@ impl CoreLoop {
             slf.as_any(),
             types.loop_kwname.bind(py),
         )
+    }
+
+    /// Records a new transport as the owner of its fd (asyncio: `loop._transports[fd]`), so
+    /// `add_reader` and friends refuse the fd from the start.
+    fn _attach_transport(&self, py: Python<'_>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
+        use crate::transport::{DatagramTransport, StreamTransport};
+        let native = if let Ok(t) = transport.cast::<StreamTransport>() {
+            NativeTransport::Stream(t.clone().unbind())
+        } else {
+            let t = transport.cast::<DatagramTransport>()?;
+            NativeTransport::Datagram(t.clone().unbind())
+        };
+        let old = self
+            .state
+            .borrow_mut(py)
+            .transports
+            .insert(native.fd(), native);
+        drop(old);
+        Ok(())
     }
 
     /// Native `sock_recv`: bytes, a future of bytes, or `NotImplemented` when the fd is in
@@ -1001,7 +1020,7 @@ impl CoreLoop {
                 }
             }
             for t in st.transports.values() {
-                visit.call(t)?;
+                visit.call(t.as_any())?;
             }
             for t in st.timers.iter() {
                 visit.call(t)?;

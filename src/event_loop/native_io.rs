@@ -14,17 +14,17 @@ use super::{CoreLoop, ReadyItem, NATIVE_BIT, SOCK_BIT};
 use crate::errors::os_error;
 use crate::poller::Side;
 use crate::sock_ops::{self, Attempt, SockOp, SockOpDone};
-use crate::transport::StreamTransport;
+use crate::transport::NativeTransport;
 
 impl CoreLoop {
     /// Registers a transport's socket: readable always, writable when asked.
     pub fn transport_register(
         &self,
         py: Python<'_>,
-        transport: Py<StreamTransport>,
+        transport: NativeTransport,
         write: bool,
     ) -> PyResult<()> {
-        let fd = transport.get().fd();
+        let fd = transport.fd();
         let mut st = self.state.borrow_mut(py);
         let Some(registry) = st.registry.as_ref() else {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
@@ -242,7 +242,7 @@ impl CoreLoop {
     }
 
     /// Queues a turn of reading for a transport.
-    pub fn push_transport_read(&self, py: Python<'_>, transport: Py<StreamTransport>) {
+    pub fn push_transport_read(&self, py: Python<'_>, transport: NativeTransport) {
         self.state
             .borrow_mut(py)
             .ready

@@ -21,7 +21,6 @@ use std::os::fd::RawFd;
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
-use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -32,12 +31,13 @@ use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilCell;
 use crate::sys::{read_fd, recv, send, with_scratch, would_block, write_fd};
 
+use super::{
+    asyncio_class, call_flow_control, copy_context, in_context, is_base_exit, FlowControl,
+    NativeTransport, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+};
+
 /// Bytes asked of each `recv` (asyncio's `max_size`).
 const MAX_READ: usize = 256 * 1024;
-/// Default high-water mark of the write buffer (asyncio's).
-const DEFAULT_HIGH_WATER: usize = 64 * 1024;
-/// After this many writes to a lost connection, asyncio starts warning.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 
 enum Reader {
     /// `protocol.data_received`, bound once.
@@ -60,9 +60,7 @@ struct State {
     buffer: Vec<u8>,
     /// Bytes at the front of `buffer` already sent.
     sent: usize,
-    high_water: usize,
-    low_water: usize,
-    protocol_paused: bool,
+    flow: FlowControl,
     /// Set when `connection_lost` is scheduled; counts writes after that.
     conn_lost: u32,
     closing: bool,
@@ -137,30 +135,6 @@ fn make_reader(py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<Reader> 
             protocol.getattr(intern!(py, "data_received"))?.unbind(),
         ))
     }
-}
-
-/// Runs `f` inside `context` (a `contextvars.Context`).
-fn in_context<R>(
-    py: Python<'_>,
-    context: &Py<PyAny>,
-    f: impl FnOnce() -> PyResult<R>,
-) -> PyResult<R> {
-    let ctx = context.as_ptr();
-    // SAFETY: attached; `ctx` is a live context kept alive by the caller's clone.
-    if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
-        return Err(PyErr::fetch(py));
-    }
-    let r = f();
-    // SAFETY: entered above on this thread.
-    if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
-        return Err(PyErr::fetch(py));
-    }
-    r
-}
-
-fn is_base_exit(py: Python<'_>, e: &PyErr) -> bool {
-    e.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
-        || e.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
 }
 
 impl StreamTransport {
@@ -325,7 +299,7 @@ impl StreamTransport {
             event_loop
                 .bind(py)
                 .get()
-                .push_transport_read(py, slf.clone().unbind());
+                .push_transport_read(py, NativeTransport::Stream(slf.clone().unbind()));
         }
         Ok(())
     }
@@ -560,49 +534,34 @@ impl StreamTransport {
     }
 
     fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let protocol = {
-            let mut st = slf.get().state.borrow_mut(py);
-            if st.buffered() <= st.high_water || st.protocol_paused {
-                return Ok(());
-            }
-            st.protocol_paused = true;
-            st.protocol.clone_ref(py)
-        };
-        Self::call_flow_control(slf, &protocol, "pause_writing")
+        Self::flow_control(slf, true)
     }
 
     fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let protocol = {
-            let mut st = slf.get().state.borrow_mut(py);
-            if !st.protocol_paused || st.buffered() > st.low_water {
-                return Ok(());
-            }
-            st.protocol_paused = false;
-            st.protocol.clone_ref(py)
-        };
-        Self::call_flow_control(slf, &protocol, "resume_writing")
+        Self::flow_control(slf, false)
     }
 
-    fn call_flow_control(slf: &Bound<'_, Self>, protocol: &Py<PyAny>, name: &str) -> PyResult<()> {
+    fn flow_control(slf: &Bound<'_, Self>, pause: bool) -> PyResult<()> {
         let py = slf.py();
-        match protocol.bind(py).call_method0(name) {
-            Ok(_) => Ok(()),
-            Err(e) if is_base_exit(py, &e) => Err(e),
-            Err(e) => {
-                let event_loop = slf.get().loop_of(py);
-                let ctx = PyDict::new(py);
-                ctx.set_item("message", format!("protocol.{name}() failed"))?;
-                ctx.set_item("exception", e.into_value(py))?;
-                ctx.set_item("transport", slf)?;
-                ctx.set_item("protocol", protocol)?;
-                event_loop
-                    .bind(py)
-                    .call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
-                Ok(())
+        let (event_loop, protocol) = {
+            let mut st = slf.get().state.borrow_mut(py);
+            let size = st.buffered();
+            let due = if pause {
+                st.flow.pause_due(size)
+            } else {
+                st.flow.resume_due(size)
+            };
+            if !due {
+                return Ok(());
             }
-        }
+            (st.event_loop.clone_ref(py), st.protocol.clone_ref(py))
+        };
+        let name = if pause {
+            "pause_writing"
+        } else {
+            "resume_writing"
+        };
+        call_flow_control(event_loop.bind(py).as_any(), slf.as_any(), &protocol, name)
     }
 
     fn call_connection_lost_now(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
@@ -701,9 +660,7 @@ impl StreamTransport {
             return Err(PyValueError::new_err("the socket is closed"));
         }
         let reader = make_reader(py, &protocol)?;
-        // SAFETY: attached; returns a new reference or NULL with an exception set.
-        let context =
-            unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind() };
+        let context = copy_context(py)?;
         // The caller (`Loop._make_socket_transport`) calls `server._attach(transport)`.
         let server = server.filter(|s| !s.is_none());
         Ok(StreamTransport {
@@ -720,9 +677,7 @@ impl StreamTransport {
                 context,
                 buffer: Vec::new(),
                 sent: 0,
-                high_water: DEFAULT_HIGH_WATER,
-                low_water: DEFAULT_HIGH_WATER / 4,
-                protocol_paused: false,
+                flow: FlowControl::default(),
                 conn_lost: 0,
                 closing: false,
                 paused: false,
@@ -743,15 +698,11 @@ impl StreamTransport {
         static SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         static READ: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         static WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        let (cell, name) = match self.kind {
-            Kind::Socket => (&SOCKET, "Transport"),
-            Kind::ReadPipe => (&READ, "ReadTransport"),
-            Kind::WritePipe { .. } => (&WRITE, "WriteTransport"),
-        };
-        cell.get_or_try_init(py, || {
-            Ok::<_, PyErr>(py.import("asyncio")?.getattr(name)?.unbind())
-        })
-        .map(|c| c.clone_ref(py))
+        match self.kind {
+            Kind::Socket => asyncio_class(py, &SOCKET, "Transport"),
+            Kind::ReadPipe => asyncio_class(py, &READ, "ReadTransport"),
+            Kind::WritePipe { .. } => asyncio_class(py, &WRITE, "WriteTransport"),
+        }
     }
 
     /// Starts reading (scheduled by the constructor's caller after `connection_made`).
@@ -769,13 +720,17 @@ impl StreamTransport {
         };
         let want_write = this.state.borrow(py).want_write;
         let core = event_loop.bind(py).get();
-        if let Err(e) = core.transport_register(py, slf.clone().unbind(), want_write) {
+        if let Err(e) = core.transport_register(
+            py,
+            NativeTransport::Stream(slf.clone().unbind()),
+            want_write,
+        ) {
             this.state.borrow_mut(py).registered = false;
             return Err(e);
         }
         let reads = !matches!(this.kind, Kind::WritePipe { .. });
         if reads && !this.state.borrow(py).paused {
-            core.push_transport_read(py, slf.clone().unbind());
+            core.push_transport_read(py, NativeTransport::Stream(slf.clone().unbind()));
         }
         Ok(())
     }
@@ -886,7 +841,7 @@ impl StreamTransport {
         event_loop
             .bind(py)
             .get()
-            .push_transport_read(py, slf.clone().unbind());
+            .push_transport_read(py, NativeTransport::Stream(slf.clone().unbind()));
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
@@ -933,28 +888,13 @@ impl StreamTransport {
         low: Option<i64>,
     ) -> PyResult<()> {
         let py = slf.py();
-        let high = match (high, low) {
-            (Some(h), _) => h,
-            (None, Some(l)) => 4 * l,
-            (None, None) => DEFAULT_HIGH_WATER as i64,
-        };
-        let low = low.unwrap_or(high / 4);
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
-        {
-            let mut st = slf.get().state.borrow_mut(py);
-            st.high_water = high as usize;
-            st.low_water = low as usize;
-        }
+        slf.get().state.borrow_mut(py).flow.set_limits(high, low)?;
         Self::maybe_pause_protocol(slf)
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
         let st = self.state.borrow(py);
-        (st.low_water, st.high_water)
+        (st.flow.low, st.flow.high)
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
@@ -974,7 +914,7 @@ impl StreamTransport {
 
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).protocol_paused
+        self.state.borrow(py).flow.paused
     }
 
     /// A future done when the write buffer is empty; `write()` is refused until
@@ -1049,6 +989,8 @@ impl StreamTransport {
             )
         };
         this.set_interest(py, &event_loop, false, false)?;
+        // Forget the fd before the socket closes and its number can be reused.
+        event_loop.bind(py).get().transport_unregister(py, this.fd);
         // Runs in the caller's context: a loop callback's own, or the write turn's.
         let result = if connected {
             protocol

@@ -1,0 +1,725 @@
+//! Datagram transports for UDP and Unix datagram sockets (asyncio:
+//! `selector_events._SelectorDatagramTransport`).
+//!
+//! Like the stream transport, it is handed to the protocol directly (`__class__` is
+//! `asyncio.DatagramTransport`) and registered once, edge-triggered. A readable report
+//! drains the socket: up to `MAX_BATCH` datagrams per turn, each to
+//! `protocol.datagram_received(data, addr)`, a socket error to `protocol.error_received(exc)`
+//! (the endpoint stays open, as in asyncio); a full batch queues another turn. `sendto`
+//! sends at once when nothing is queued, else queues the datagram with its address, with
+//! asyncio's flow control over the queued bytes. IPv4/IPv6 addresses given as numeric
+//! tuples are converted in Rust; anything else (host names, Unix paths) goes through the
+//! socket object's own `sendto`/`recvfrom`.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
+
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+
+use super::{
+    asyncio_class, call_flow_control, copy_context, in_context, is_base_exit, FlowControl,
+    NativeTransport, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+};
+use crate::errors::os_error;
+use crate::event_loop::CoreLoop;
+use crate::gil_cell::GilCell;
+use crate::sys::{recvfrom, sendto, with_scratch, would_block, RawAddr};
+
+/// The largest datagram read (asyncio's `max_size`).
+const MAX_DATAGRAM: usize = 256 * 1024;
+/// Datagrams delivered per turn before yielding to the rest of the loop.
+const MAX_BATCH: usize = 32;
+
+/// Where a queued datagram goes.
+enum Dest {
+    /// The connected peer.
+    Peer,
+    Raw(RawAddr),
+    /// An address only the socket object can interpret (a host name, a Unix path).
+    Py(Py<PyAny>),
+}
+
+struct State {
+    event_loop: Py<CoreLoop>,
+    sock: Option<Py<PyAny>>,
+    protocol: Py<PyAny>,
+    protocol_connected: bool,
+    extra: Py<PyDict>,
+    context: Py<PyAny>,
+    /// `remote_addr` of a connected endpoint.
+    address: Option<Py<PyAny>>,
+    queue: VecDeque<(Vec<u8>, Dest)>,
+    queued: usize,
+    flow: FlowControl,
+    conn_lost: u32,
+    closing: bool,
+    registered: bool,
+    want_write: bool,
+}
+
+#[pyclass(frozen, weakref, module = "ferroloop._ferroloop")]
+pub struct DatagramTransport {
+    fd: RawFd,
+    /// The socket is AF_INET or AF_INET6 (addresses convert in Rust).
+    inet: bool,
+    /// `extra['peername']` is set: send with `send`, not `sendto`.
+    connected: bool,
+    state: GilCell<State>,
+}
+
+/// A numeric `(host, port[, flowinfo, scope_id])` tuple as a raw address.
+fn raw_addr(addr: &Bound<'_, PyAny>) -> Option<RawAddr> {
+    let t = addr.cast::<PyTuple>().ok()?;
+    let host: String = t.get_item(0).ok()?.extract().ok()?;
+    let port: u16 = t.get_item(1).ok()?.extract().ok()?;
+    let ip: IpAddr = host.parse().ok()?;
+    let sa = match (ip, t.len()) {
+        (IpAddr::V4(v4), 2) => SocketAddr::from((v4, port)),
+        (IpAddr::V6(v6), 2) => SocketAddr::V6(std::net::SocketAddrV6::new(v6, port, 0, 0)),
+        (IpAddr::V6(v6), 4) => {
+            let flow: u32 = t.get_item(2).ok()?.extract().ok()?;
+            let scope: u32 = t.get_item(3).ok()?.extract().ok()?;
+            SocketAddr::V6(std::net::SocketAddrV6::new(v6, port, flow, scope))
+        }
+        _ => return None,
+    };
+    Some(RawAddr::from_socket_addr(&sa))
+}
+
+/// The Python form of a received address, as `socket.recvfrom` gives it.
+fn py_addr<'py>(py: Python<'py>, addr: &SocketAddr) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match addr {
+        SocketAddr::V4(a) => (a.ip().to_string(), a.port()).into_pyobject(py)?.into_any(),
+        SocketAddr::V6(a) => (a.ip().to_string(), a.port(), a.flowinfo(), a.scope_id())
+            .into_pyobject(py)?
+            .into_any(),
+    })
+}
+
+/// What one receive produced.
+enum Received {
+    Datagram(Py<PyAny>, Py<PyAny>),
+    Again,
+    Error(PyErr),
+}
+
+impl DatagramTransport {
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+
+    pub fn is_closing(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closing
+    }
+
+    fn loop_of(&self, py: Python<'_>) -> Py<CoreLoop> {
+        self.state.borrow(py).event_loop.clone_ref(py)
+    }
+
+    fn receive(slf: &Bound<'_, Self>) -> PyResult<Received> {
+        let py = slf.py();
+        let this = slf.get();
+        if !this.inet {
+            // Unix datagram sockets: the socket object knows how to spell the address.
+            let sock = this.state.borrow(py).sock.as_ref().map(|s| s.clone_ref(py));
+            let Some(sock) = sock else {
+                return Ok(Received::Again);
+            };
+            return match sock
+                .bind(py)
+                .call_method1(intern!(py, "recvfrom"), (MAX_DATAGRAM,))
+            {
+                Ok(r) => {
+                    let (data, addr): (Py<PyAny>, Py<PyAny>) = r.extract()?;
+                    Ok(Received::Datagram(data, addr))
+                }
+                Err(e) if e.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py) => {
+                    Ok(Received::Again)
+                }
+                Err(e) if e.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) => {
+                    Ok(Received::Again)
+                }
+                Err(e) if e.is_instance_of::<PyOSError>(py) => Ok(Received::Error(e)),
+                Err(e) => Err(e),
+            };
+        }
+        let got = with_scratch(MAX_DATAGRAM, |buf| {
+            recvfrom(this.fd, buf).map(|(n, addr)| (PyBytes::new(py, &buf[..n]), addr))
+        });
+        match got {
+            Ok((data, addr)) => {
+                let addr = match addr.to_socket_addr() {
+                    Some(a) => py_addr(py, &a)?.unbind(),
+                    None => py.None(),
+                };
+                Ok(Received::Datagram(data.into_any().unbind(), addr))
+            }
+            Err(e) if would_block(&e) => Ok(Received::Again),
+            Err(e) => Ok(Received::Error(os_error(e))),
+        }
+    }
+
+    /// A readable turn: deliver up to a batch of datagrams.
+    pub fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (context, protocol) = {
+            let st = this.state.borrow(py);
+            if st.conn_lost > 0 || st.closing || !st.registered {
+                return Ok(());
+            }
+            (st.context.clone_ref(py), st.protocol.clone_ref(py))
+        };
+        let full_batch = in_context(py, &context, || {
+            for _ in 0..MAX_BATCH {
+                let (method, args) = match Self::receive(slf)? {
+                    Received::Again => return Ok(false),
+                    Received::Datagram(data, addr) => (
+                        intern!(py, "datagram_received"),
+                        PyTuple::new(py, [data, addr])?,
+                    ),
+                    Received::Error(e) => (
+                        intern!(py, "error_received"),
+                        PyTuple::new(py, [e.into_value(py).into_any()])?,
+                    ),
+                };
+                if let Err(e) = protocol.bind(py).call_method1(method, args) {
+                    if is_base_exit(py, &e) {
+                        return Err(e);
+                    }
+                    Self::report(
+                        slf,
+                        e,
+                        "Exception in callback DatagramTransport._read_ready()",
+                    )?;
+                    return Ok(false);
+                }
+                let st = this.state.borrow(py);
+                if st.conn_lost > 0 || st.closing {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })?;
+        if full_batch {
+            this.loop_of(py)
+                .bind(py)
+                .get()
+                .push_transport_read(py, NativeTransport::Datagram(slf.clone().unbind()));
+        }
+        Ok(())
+    }
+
+    /// An exception from a protocol callback: to the loop's exception handler.
+    fn report(slf: &Bound<'_, Self>, e: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let (event_loop, protocol) = {
+            let st = slf.get().state.borrow(py);
+            (st.event_loop.clone_ref(py), st.protocol.clone_ref(py))
+        };
+        let ctx = PyDict::new(py);
+        ctx.set_item("message", message)?;
+        ctx.set_item("exception", e.into_value(py))?;
+        ctx.set_item("transport", slf)?;
+        ctx.set_item("protocol", protocol)?;
+        event_loop
+            .bind(py)
+            .call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+        Ok(())
+    }
+
+    /// One send attempt: `Ok(true)` sent, `Ok(false)` would block, `Err` failed.
+    fn send_one(slf: &Bound<'_, Self>, data: &[u8], dest: &Dest) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        let result = match dest {
+            Dest::Peer => sendto(this.fd, data, None),
+            Dest::Raw(a) => sendto(this.fd, data, Some(a)),
+            Dest::Py(addr) => {
+                let sock = this.state.borrow(py).sock.as_ref().map(|s| s.clone_ref(py));
+                let Some(sock) = sock else { return Ok(true) };
+                return match sock
+                    .bind(py)
+                    .call_method1(intern!(py, "sendto"), (PyBytes::new(py, data), addr))
+                {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py) => {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                };
+            }
+        };
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if would_block(&e) => Ok(false),
+            Err(e) => Err(os_error(e)),
+        }
+    }
+
+    /// A send failed: OSErrors go to `error_received`, anything else is fatal.
+    fn send_failed(slf: &Bound<'_, Self>, e: PyErr) -> PyResult<()> {
+        let py = slf.py();
+        if is_base_exit(py, &e) {
+            return Err(e);
+        }
+        if e.is_instance_of::<PyOSError>(py) {
+            let protocol = slf.get().state.borrow(py).protocol.clone_ref(py);
+            return protocol
+                .bind(py)
+                .call_method1(intern!(py, "error_received"), (e.into_value(py),))
+                .map(drop);
+        }
+        Self::fatal_error(slf, e, "Fatal write error on datagram transport")
+    }
+
+    fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let (event_loop, protocol) = {
+            let st = slf.get().state.borrow(py);
+            (st.event_loop.clone_ref(py), st.protocol.clone_ref(py))
+        };
+        let exc = exc.into_value(py).into_any();
+        event_loop.bind(py).call_method1(
+            intern!(py, "_transport_error"),
+            (slf, &exc, message, protocol),
+        )?;
+        Self::force_close(slf, Some(exc))
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let event_loop = {
+            let mut st = slf.get().state.borrow_mut(py);
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            st.queue.clear();
+            st.queued = 0;
+            st.closing = true;
+            st.conn_lost += 1;
+            st.event_loop.clone_ref(py)
+        };
+        slf.get().set_interest(py, &event_loop, false, false)?;
+        Self::schedule_connection_lost(slf, &event_loop, exc)
+    }
+
+    fn schedule_connection_lost(
+        slf: &Bound<'_, Self>,
+        event_loop: &Py<CoreLoop>,
+        exc: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let cb = slf.getattr(intern!(py, "_call_connection_lost"))?;
+        event_loop
+            .bind(py)
+            .call_method1(intern!(py, "call_soon"), (cb, exc))?;
+        Ok(())
+    }
+
+    fn set_interest(
+        &self,
+        py: Python<'_>,
+        event_loop: &Py<CoreLoop>,
+        read: bool,
+        write: bool,
+    ) -> PyResult<()> {
+        {
+            let mut st = self.state.borrow_mut(py);
+            if !st.registered {
+                return Ok(());
+            }
+            if !read && !write {
+                st.registered = false;
+                st.want_write = false;
+            } else if st.want_write == write {
+                return Ok(());
+            } else {
+                st.want_write = write;
+            }
+        }
+        let core = event_loop.bind(py).get();
+        if read || write {
+            core.transport_modify(py, self.fd, write)
+        } else {
+            core.transport_unregister(py, self.fd);
+            Ok(())
+        }
+    }
+
+    fn flow_control(slf: &Bound<'_, Self>, pause: bool) -> PyResult<()> {
+        let py = slf.py();
+        let (event_loop, protocol) = {
+            let mut st = slf.get().state.borrow_mut(py);
+            let size = st.queued;
+            let due = if pause {
+                st.flow.pause_due(size)
+            } else {
+                st.flow.resume_due(size)
+            };
+            if !due {
+                return Ok(());
+            }
+            (st.event_loop.clone_ref(py), st.protocol.clone_ref(py))
+        };
+        let name = if pause {
+            "pause_writing"
+        } else {
+            "resume_writing"
+        };
+        call_flow_control(event_loop.bind(py).as_any(), slf.as_any(), &protocol, name)
+    }
+
+    /// A writable turn: send queued datagrams until the socket would block.
+    pub fn on_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let context = {
+            let st = this.state.borrow(py);
+            if st.conn_lost > 0 || st.queue.is_empty() {
+                return Ok(());
+            }
+            st.context.clone_ref(py)
+        };
+        in_context(py, &context, || {
+            loop {
+                let item = this.state.borrow_mut(py).queue.pop_front();
+                let Some((data, dest)) = item else { break };
+                this.state.borrow_mut(py).queued -= data.len();
+                match Self::send_one(slf, &data, &dest) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let mut st = this.state.borrow_mut(py);
+                        st.queued += data.len();
+                        st.queue.push_front((data, dest));
+                        break;
+                    }
+                    Err(e) => return Self::send_failed(slf, e),
+                }
+            }
+            Self::flow_control(slf, false)?;
+            let (empty, closing, event_loop) = {
+                let st = this.state.borrow(py);
+                (st.queue.is_empty(), st.closing, st.event_loop.clone_ref(py))
+            };
+            if empty {
+                this.set_interest(py, &event_loop, true, false)?;
+                if closing {
+                    return DatagramTransport::_call_connection_lost(slf, None);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+#[pymethods]
+impl DatagramTransport {
+    /// A transport for a non-blocking datagram socket; `address` is the connected peer's
+    /// address (`remote_addr`), if any. The caller schedules `connection_made`, the start of
+    /// reading and the waiter, as for stream transports.
+    #[new]
+    #[pyo3(signature = (event_loop, sock, protocol, extra, address=None))]
+    fn new(
+        py: Python<'_>,
+        event_loop: Bound<'_, CoreLoop>,
+        sock: Bound<'_, PyAny>,
+        protocol: Bound<'_, PyAny>,
+        extra: Bound<'_, PyDict>,
+        address: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        if fd < 0 {
+            return Err(PyValueError::new_err("the socket is closed"));
+        }
+        let family: i32 = sock.getattr(intern!(py, "family"))?.extract()?;
+        let connected = match extra.get_item("peername")? {
+            Some(p) => p.is_truthy()?,
+            None => false,
+        };
+        Ok(DatagramTransport {
+            fd,
+            inet: family == libc::AF_INET || family == libc::AF_INET6,
+            connected,
+            state: GilCell::new(State {
+                event_loop: event_loop.unbind(),
+                sock: Some(sock.unbind()),
+                protocol: protocol.unbind(),
+                protocol_connected: true,
+                extra: extra.unbind(),
+                context: copy_context(py)?,
+                address: address.filter(|a| !a.is_none()).map(Bound::unbind),
+                queue: VecDeque::new(),
+                queued: 0,
+                flow: FlowControl::default(),
+                conn_lost: 0,
+                closing: false,
+                registered: false,
+                want_write: false,
+            }),
+        })
+    }
+
+    /// `asyncio.DatagramTransport` (see `Handle.__class__` for why).
+    #[getter]
+    fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        static CLS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        asyncio_class(py, &CLS, "DatagramTransport")
+    }
+
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (event_loop, want_write) = {
+            let mut st = this.state.borrow_mut(py);
+            if st.registered || st.closing || st.conn_lost > 0 {
+                return Ok(());
+            }
+            st.registered = true;
+            st.want_write = !st.queue.is_empty();
+            (st.event_loop.clone_ref(py), st.want_write)
+        };
+        let core = event_loop.bind(py).get();
+        let me = NativeTransport::Datagram(slf.clone().unbind());
+        if let Err(e) = core.transport_register(py, me.clone_ref(py), want_write) {
+            this.state.borrow_mut(py).registered = false;
+            return Err(e);
+        }
+        core.push_transport_read(py, me);
+        Ok(())
+    }
+
+    #[pyo3(signature = (data, addr=None))]
+    fn sendto(
+        slf: &Bound<'_, Self>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let bytes: Vec<u8> = if let Ok(b) = data.cast::<PyBytes>() {
+            b.as_bytes().to_vec()
+        } else if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+            pyo3::buffer::PyBuffer::<u8>::get(data)?.to_vec(py)?
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not '{}'",
+                data.get_type().name()?
+            )));
+        };
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let mut addr = addr.filter(|a| !a.is_none());
+        {
+            let mut st = this.state.borrow_mut(py);
+            if let Some(address) = &st.address {
+                let address = address.bind(py).clone();
+                if let Some(a) = &addr {
+                    if !a.eq(&address)? {
+                        return Err(PyValueError::new_err(format!(
+                            "Invalid address: must be None or {}",
+                            address.str()?
+                        )));
+                    }
+                }
+                addr = Some(address);
+                if st.conn_lost > 0 {
+                    st.conn_lost += 1;
+                    let warn = st.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                    drop(st);
+                    if warn {
+                        crate::handles::format_module(py)?
+                            .call_method0(intern!(py, "logger"))?
+                            .call_method1(
+                                intern!(py, "warning"),
+                                ("socket.send() raised exception.",),
+                            )?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        let dest = if this.connected {
+            Dest::Peer
+        } else {
+            match &addr {
+                Some(a) if this.inet => match raw_addr(a) {
+                    Some(raw) => Dest::Raw(raw),
+                    None => Dest::Py(a.clone().unbind()),
+                },
+                Some(a) => Dest::Py(a.clone().unbind()),
+                None => Dest::Py(py.None()),
+            }
+        };
+        let idle = this.state.borrow(py).queue.is_empty();
+        if idle {
+            match Self::send_one(slf, &bytes, &dest) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {
+                    let event_loop = this.loop_of(py);
+                    this.set_interest(py, &event_loop, true, true)?;
+                }
+                Err(e) => return Self::send_failed(slf, e),
+            }
+        }
+        {
+            let mut st = this.state.borrow_mut(py);
+            st.queued += bytes.len();
+            st.queue.push_back((bytes, dest));
+        }
+        Self::flow_control(slf, true)
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let (event_loop, flushed) = {
+            let mut st = slf.get().state.borrow_mut(py);
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            let flushed = st.queue.is_empty();
+            if flushed {
+                st.conn_lost += 1;
+            }
+            (st.event_loop.clone_ref(py), flushed)
+        };
+        if flushed {
+            slf.get().set_interest(py, &event_loop, false, false)?;
+            Self::schedule_connection_lost(slf, &event_loop, None)?;
+        }
+        Ok(())
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    #[pyo3(name = "is_closing")]
+    fn py_is_closing(&self, py: Python<'_>) -> bool {
+        self.is_closing(py)
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
+        let old = {
+            let mut st = self.state.borrow_mut(py);
+            st.protocol_connected = true;
+            std::mem::replace(&mut st.protocol, protocol)
+        };
+        drop(old);
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Py<PyAny> {
+        self.state.borrow(py).protocol.clone_ref(py)
+    }
+
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let extra = self.state.borrow(py).extra.clone_ref(py);
+        match extra.bind(py).get_item(name)? {
+            Some(v) => Ok(v.unbind()),
+            None => Ok(default.unwrap_or_else(|| py.None())),
+        }
+    }
+
+    #[getter]
+    fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
+        self.state.borrow(py).extra.clone_ref(py)
+    }
+
+    #[getter]
+    fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    #[getter]
+    fn _address(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .address
+            .as_ref()
+            .map(|a| a.clone_ref(py))
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.state.borrow(py).queued
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<i64>,
+        low: Option<i64>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        slf.get().state.borrow_mut(py).flow.set_limits(high, low)?;
+        Self::flow_control(slf, true)
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let st = self.state.borrow(py);
+        (st.flow.low, st.flow.high)
+    }
+
+    #[pyo3(signature = (exc=None))]
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (protocol, connected, event_loop) = {
+            let mut st = this.state.borrow_mut(py);
+            if st.sock.is_none() {
+                return Ok(());
+            }
+            st.conn_lost = st.conn_lost.max(1);
+            st.closing = true;
+            let connected = std::mem::replace(&mut st.protocol_connected, false);
+            (
+                st.protocol.clone_ref(py),
+                connected,
+                st.event_loop.clone_ref(py),
+            )
+        };
+        this.set_interest(py, &event_loop, false, false)?;
+        // Forget the fd before the socket closes and its number can be reused.
+        event_loop.bind(py).get().transport_unregister(py, this.fd);
+        let result = if connected {
+            protocol
+                .bind(py)
+                .call_method1(intern!(py, "connection_lost"), (exc,))
+                .map(drop)
+        } else {
+            Ok(())
+        };
+        let sock = this.state.borrow_mut(py).sock.take();
+        if let Some(sock) = sock {
+            sock.bind(py).call_method0(intern!(py, "close"))?;
+        }
+        result
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let st = self.state.borrow(py);
+        let status = if st.sock.is_none() {
+            " closed"
+        } else if st.closing {
+            " closing"
+        } else {
+            ""
+        };
+        format!(
+            "<DatagramTransport{status} fd={} bufsize={}>",
+            self.fd, st.queued
+        )
+    }
+}

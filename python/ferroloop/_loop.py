@@ -22,6 +22,7 @@ import warnings
 import weakref
 
 from . import _ferroloop
+from ._datagram import DatagramMixin
 from ._format import format_callback
 from ._format import logger as _logger
 from ._servers import NetworkMixin
@@ -50,6 +51,7 @@ def _stop_when_done(fut) -> None:
 
 class Loop(
     NetworkMixin,
+    DatagramMixin,
     TransportsMixin,
     SignalsMixin,
     SocketOpsMixin,

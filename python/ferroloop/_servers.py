@@ -60,6 +60,18 @@ def _bind_error_text(exc) -> str:
     return str(exc).lower() if _PY313 else exc.strerror.lower()
 
 
+def _remove_stale_unix_socket(path) -> None:
+    """Remove the socket file an earlier server left at path, as asyncio does before binding
+    a Unix socket (stream servers, datagram local addresses)."""
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:  # the directory may only allow creating it
+        logger().error("Unable to check or remove stale UNIX socket %r: %r", path, err)
+
+
 def _set_reuseport(sock) -> None:
     if not hasattr(socket, "SO_REUSEPORT"):
         raise ValueError("reuse_port not supported by socket module")
@@ -116,8 +128,11 @@ class NetworkMixin:
 
     # -- address resolution --------------------------------------------------------------
 
-    async def _resolve_all(self, addresses, errors, *, family, proto, flags):
-        """addrinfo lists for several (host, port, ...) addresses, looked up in parallel.
+    async def _resolve_all(
+        self, addresses, errors, *, family, proto, flags, type_=socket.SOCK_STREAM
+    ):
+        """addrinfo lists for several (host, port, ...) addresses of socket type type_,
+        looked up in parallel.
 
         Numeric addresses are resolved inline. The first failure in argument order is raised;
         an empty result for ``addresses[i]`` raises ``OSError(errors[i])``.
@@ -126,11 +141,11 @@ class NetworkMixin:
         lookups = {}  # index in results -> getaddrinfo() coroutine
         for i, address in enumerate(addresses):
             host, port = address[:2]
-            info = _numeric_addrinfo(host, port, family, socket.SOCK_STREAM, proto, *address[2:])
+            info = _numeric_addrinfo(host, port, family, type_, proto, *address[2:])
             results.append(None if info is None else [info])
             if info is None:
                 lookups[i] = self.getaddrinfo(
-                    host, port, family=family, type=socket.SOCK_STREAM, proto=proto, flags=flags
+                    host, port, family=family, type=type_, proto=proto, flags=flags
                 )
         if len(lookups) == 1:  # no task needed
             ((i, lookup),) = lookups.items()
@@ -536,13 +551,7 @@ class NetworkMixin:
         if path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             if path and path[0] not in (0, "\x00"):  # not in the abstract namespace
-                try:  # a socket file left by a previous server
-                    if stat.S_ISSOCK(os.stat(path).st_mode):
-                        os.remove(path)
-                except FileNotFoundError:
-                    pass
-                except OSError as err:  # the directory may only allow creating it
-                    logger().error("Unable to check or remove stale UNIX socket %r: %r", path, err)
+                _remove_stale_unix_socket(path)
             try:
                 sock.bind(path)
             except OSError as exc:

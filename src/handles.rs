@@ -37,9 +37,86 @@ fn asyncio_class(py: Python<'_>, name: &'static str) -> PyResult<Py<PyAny>> {
         .map(|c| c.clone_ref(py))
 }
 
+/// A callback's positional arguments. Most callbacks take none or one (a future's done
+/// callbacks, `Task.__step`), which are kept without a tuple and passed by vectorcall.
+pub enum Args {
+    Empty,
+    One(Py<PyAny>),
+    Tuple(Py<PyTuple>),
+}
+
+impl Args {
+    pub fn from_tuple(args: Bound<'_, PyTuple>) -> Args {
+        match args.len() {
+            0 => Args::Empty,
+            1 => match args.get_item(0) {
+                Ok(a) => Args::One(a.unbind()),
+                Err(_) => Args::Tuple(args.unbind()),
+            },
+            _ => {
+                // Discussion: the `*args` tuple is built fresh for this call and, like the
+                // handle, only lives while the handle is pending, so the collector gains
+                // nothing by tracking it; untracking keeps `call_soon` from triggering
+                // collections.
+                // SAFETY: attached; `args` is a live tuple. Untracking is always memory-safe
+                // (tuple deallocation checks whether the object is tracked), at worst a cycle
+                // through these arguments would be left to reference counting.
+                unsafe { ffi::PyObject_GC_UnTrack(args.as_ptr().cast()) };
+                Args::Tuple(args.unbind())
+            }
+        }
+    }
+
+    fn clone_ref(&self, py: Python<'_>) -> Args {
+        match self {
+            Args::Empty => Args::Empty,
+            Args::One(a) => Args::One(a.clone_ref(py)),
+            Args::Tuple(t) => Args::Tuple(t.clone_ref(py)),
+        }
+    }
+
+    pub fn to_tuple<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        match self {
+            Args::Empty => Ok(PyTuple::empty(py)),
+            Args::One(a) => PyTuple::new(py, [a]),
+            Args::Tuple(t) => Ok(t.bind(py).clone()),
+        }
+    }
+
+    /// `func(*args)`.
+    fn call<'py>(&self, func: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let py = func.py();
+        match self {
+            // SAFETY: attached; `func` is alive for the call; the result is a new reference
+            // or NULL with an exception set.
+            Args::Empty => unsafe {
+                Bound::from_owned_ptr_or_err(py, ffi::PyObject_CallNoArgs(func.as_ptr()))
+            },
+            Args::One(a) => {
+                // Slot 0 is scratch space the callee may use (PY_VECTORCALL_ARGUMENTS_OFFSET).
+                let argv = [std::ptr::null_mut(), a.as_ptr()];
+                // SAFETY: attached; `argv[1..]` holds one borrowed reference kept alive by
+                // `self` for the call; the offset flag lets the callee borrow `argv[0]`.
+                unsafe {
+                    Bound::from_owned_ptr_or_err(
+                        py,
+                        ffi::PyObject_Vectorcall(
+                            func.as_ptr(),
+                            argv.as_ptr().add(1),
+                            1 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+                            std::ptr::null_mut(),
+                        ),
+                    )
+                }
+            }
+            Args::Tuple(t) => func.call1(t.bind(py)),
+        }
+    }
+}
+
 struct Callback {
     func: Py<PyAny>,
-    args: Py<PyTuple>,
+    args: Args,
 }
 
 /// Discussion: handles are not tracked by the cyclic garbage collector. A handle holds its
@@ -76,7 +153,7 @@ impl Handle {
     pub fn new(
         py: Python<'_>,
         func: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Bound<'_, PyAny>>,
         debug: bool,
         repeats: bool,
@@ -85,15 +162,6 @@ impl Handle {
             Some(c) => c.unbind(),
             None => copy_context(py)?,
         };
-        if !args.is_empty() {
-            // Discussion: the `*args` tuple is built fresh for this call and, like the
-            // handle, only lives while the handle is pending, so the collector gains nothing
-            // by tracking it; untracking keeps `call_soon` from triggering collections.
-            // SAFETY: attached; `args` is a live tuple. Untracking is always memory-safe
-            // (tuple deallocation checks whether the object is tracked), at worst a cycle
-            // through these arguments would be left to reference counting.
-            unsafe { ffi::PyObject_GC_UnTrack(args.as_ptr().cast()) };
-        }
         let source_traceback = if debug {
             Some(
                 format_module(py)?
@@ -106,7 +174,7 @@ impl Handle {
         Ok(Handle {
             callback: GilCell::new(Some(Callback {
                 func: func.unbind(),
-                args: args.unbind(),
+                args,
             })),
             keep_after_run: repeats || debug,
             context,
@@ -157,7 +225,7 @@ impl Handle {
         let result = if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
             Err(PyErr::fetch(py))
         } else {
-            let r = func.bind(py).call1(args.bind(py));
+            let r = args.call(func.bind(py));
             // SAFETY: we entered `ctx` above on this thread; exiting it is always valid.
             if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
                 return Err(PyErr::fetch(py));
@@ -175,7 +243,7 @@ impl Handle {
             Err(e) => {
                 event_loop.call_method1(
                     intern!(py, "_report_callback_error"),
-                    (slf, e.into_value(py), func, args),
+                    (slf, e.into_value(py), func, args.to_tuple(py)?),
                 )?;
                 Ok(())
             }
@@ -216,11 +284,11 @@ impl Handle {
     }
 
     #[getter]
-    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
-        self.callback
-            .borrow(py)
-            .as_ref()
-            .map(|c| c.args.clone_ref(py))
+    fn _args(&self, py: Python<'_>) -> PyResult<Option<Py<PyTuple>>> {
+        let cb = self.callback.borrow(py);
+        cb.as_ref()
+            .map(|c| c.args.to_tuple(py).map(Bound::unbind))
+            .transpose()
     }
 
     #[getter]
@@ -338,7 +406,7 @@ impl TimerHandle {
                 Handle::_callback(x.get(), py),
                 Handle::_callback(y.get(), py),
             );
-            let (xa, ya) = (Handle::_args(x.get(), py), Handle::_args(y.get(), py));
+            let (xa, ya) = (Handle::_args(x.get(), py)?, Handle::_args(y.get(), py)?);
             Ok(xc.into_pyobject(py)?.eq(yc)? && xa.into_pyobject(py)?.eq(ya)?)
         };
         let result = match op {

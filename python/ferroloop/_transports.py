@@ -7,6 +7,7 @@ their creation: ``connection_made``, the start of reading, then the waiter.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import stat
@@ -23,6 +24,17 @@ except ImportError:  # pragma: no cover - not on supported versions
 
 
 _FALLBACK_BLOCK = 16 * 1024
+
+
+class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
+    """The class ferroloop's (Rust) datagram transports report as ``__class__``.
+
+    asyncio's own datagram transport passes ``isinstance(t, asyncio.Transport)`` (it
+    derives from it) but not ``isinstance(t, asyncio.DatagramTransport)``; code checks
+    both, so ours passes both. Never instantiated.
+    """
+
+    __slots__ = ()
 
 
 def _sendfile_mode(transport) -> str:

@@ -36,13 +36,16 @@ use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
-use crate::handles::{format_module, Handle, TimerHandle};
+use crate::handles::{format_module, Args, Handle, TimerHandle};
 use crate::poller::{IoMap, Ready, Side};
 use crate::sock_ops::{self, SockOp};
 use crate::timers::TimerHeap;
 
+mod fastcall;
 mod native_io;
+
 use crate::transport::NativeTransport;
+pub use fastcall::install_fast_methods;
 
 const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Tokens of Rust-owned sockets (transports) carry this bit above the fd.
@@ -252,13 +255,33 @@ impl CoreLoop {
         &self,
         py: Python<'_>,
         callback: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
+        args: Args,
         context: Option<Bound<'_, PyAny>>,
         repeats: bool,
     ) -> PyResult<Py<Handle>> {
         let debug = self.debug.load(Ordering::Relaxed);
         let h = Handle::new(py, callback, args, context, debug, repeats)?;
         Py::new(py, h)
+    }
+
+    /// `call_soon` proper (both the PyO3 method and the vectorcall fast path use it).
+    pub(crate) fn call_soon_inner(
+        &self,
+        py: Python<'_>,
+        callback: Bound<'_, PyAny>,
+        args: Args,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        self.check_closed()?;
+        if self.debug.load(Ordering::Relaxed) {
+            self.debug_checks(py, &callback, "call_soon", true)?;
+        }
+        let handle = self.new_handle(py, callback, args, context, false)?;
+        self.state
+            .borrow_mut(py)
+            .ready
+            .push_back(ReadyItem::Handle(handle.clone_ref(py)));
+        Ok(handle)
     }
 
     fn schedule_timer(
@@ -270,7 +293,7 @@ impl CoreLoop {
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let debug = self.debug.load(Ordering::Relaxed);
-        let base = Handle::new(py, callback, args, context, debug, false)?;
+        let base = Handle::new(py, callback, Args::from_tuple(args), context, debug, false)?;
         let init = PyClassInitializer::from(base)
             .add_subclass(TimerHandle::new(when, self.timers_cancelled.clone()));
         let timer = Py::new(py, init)?;
@@ -307,7 +330,7 @@ impl CoreLoop {
         let fd = fileobj_to_fd(fd)?;
         self.ensure_fd_no_transport(py, fd)?;
         self.check_closed()?;
-        let handle = self.new_handle(py, callback, args, None, true)?;
+        let handle = self.new_handle(py, callback, Args::from_tuple(args), None, true)?;
         let old = self.set_io(py, fd, side, Some(handle))?;
         if let Some(old) = old {
             old.bind(py).call_method0(intern!(py, "cancel"))?;
@@ -591,16 +614,7 @@ impl CoreLoop {
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        self.check_closed()?;
-        if self.debug.load(Ordering::Relaxed) {
-            self.debug_checks(py, &callback, "call_soon", true)?;
-        }
-        let handle = self.new_handle(py, callback, args, context, false)?;
-        self.state
-            .borrow_mut(py)
-            .ready
-            .push_back(ReadyItem::Handle(handle.clone_ref(py)));
-        Ok(handle)
+        self.call_soon_inner(py, callback, Args::from_tuple(args), context)
     }
 
     /// A new `asyncio.Future` attached to this loop.
@@ -785,7 +799,7 @@ impl CoreLoop {
         if self.debug.load(Ordering::Relaxed) {
             self.debug_checks(py, &callback, "call_soon_threadsafe", false)?;
         }
-        let handle = self.new_handle(py, callback, args, context, false)?;
+        let handle = self.new_handle(py, callback, Args::from_tuple(args), context, false)?;
         let st = &mut *self.state.borrow_mut(py);
         st.ready.push_back(ReadyItem::Handle(handle.clone_ref(py)));
         if self.sleeping.load(Ordering::SeqCst) && !self.wake_pending.swap(true, Ordering::SeqCst) {

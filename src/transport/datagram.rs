@@ -22,8 +22,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 
 use super::{
-    asyncio_class, call_flow_control, copy_context, in_context, is_base_exit, FlowControl,
-    NativeTransport, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    call_flow_control, copy_context, in_context, is_base_exit, FlowControl, NativeTransport,
+    LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 use crate::errors::os_error;
 use crate::event_loop::CoreLoop;
@@ -465,11 +465,20 @@ impl DatagramTransport {
         })
     }
 
-    /// `asyncio.DatagramTransport` (see `Handle.__class__` for why).
+    /// `ferroloop._transports.DatagramTransport`, a subclass of both `asyncio.Transport`
+    /// (what asyncio's own datagram transport is) and `asyncio.DatagramTransport`, so
+    /// `isinstance` checks for either pass (see `Handle.__class__` for why `__class__`).
     #[getter]
     fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         static CLS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        asyncio_class(py, &CLS, "DatagramTransport")
+        CLS.get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.import("ferroloop._transports")?
+                    .getattr("DatagramTransport")?
+                    .unbind(),
+            )
+        })
+        .map(|c| c.clone_ref(py))
     }
 
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {

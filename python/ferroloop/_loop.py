@@ -25,9 +25,11 @@ from . import _ferroloop
 from ._datagram import DatagramMixin
 from ._format import format_callback
 from ._format import logger as _logger
+from ._pipes import PipesMixin
 from ._servers import NetworkMixin
 from ._signals import SignalsMixin
 from ._sockets import SocketOpsMixin
+from ._subprocess import SubprocessMixin
 from ._transports import TransportsMixin
 
 _PY312 = sys.version_info >= (3, 12)
@@ -52,6 +54,8 @@ def _stop_when_done(fut) -> None:
 class Loop(
     NetworkMixin,
     DatagramMixin,
+    SubprocessMixin,
+    PipesMixin,
     TransportsMixin,
     SignalsMixin,
     SocketOpsMixin,

@@ -241,9 +241,21 @@ impl Handle {
                 Err(e)
             }
             Err(e) => {
+                let args_tuple = args.to_tuple(py)?;
+                if !this.keep_after_run {
+                    // The report shows the handle: give it its callback back, as asyncio's
+                    // handles keep theirs.
+                    let mut slot = this.callback.borrow_mut(py);
+                    if slot.is_none() && !this.is_cancelled() {
+                        *slot = Some(Callback {
+                            func: func.clone_ref(py),
+                            args,
+                        });
+                    }
+                }
                 event_loop.call_method1(
                     intern!(py, "_report_callback_error"),
-                    (slf, e.into_value(py), func, args.to_tuple(py)?),
+                    (slf, e.into_value(py), func, args_tuple),
                 )?;
                 Ok(())
             }

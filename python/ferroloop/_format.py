@@ -24,18 +24,15 @@ def logger() -> logging.Logger:
 
 
 def _source(func):
+    # Where a plain function (or a partial of one) is defined; None for anything else,
+    # bound methods included, as asyncio prints them.
     func = inspect.unwrap(func)
-    if isinstance(func, functools.partial):
+    if inspect.isfunction(func):
+        code = func.__code__
+        return code.co_filename, code.co_firstlineno
+    if isinstance(func, (functools.partial, functools.partialmethod)):
         return _source(func.func)
-    if isinstance(func, functools.partialmethod):
-        return _source(func.func)
-    code = getattr(func, "__code__", None)
-    if code is None:
-        func = getattr(func, "__func__", None)
-        code = getattr(func, "__code__", None)
-    if code is None:
-        return None
-    return code.co_filename, code.co_firstlineno
+    return None
 
 
 def _args_repr(args, kwargs=None):

@@ -44,6 +44,8 @@ enum Reader {
     Data(Py<PyAny>),
     /// `protocol.get_buffer` and `protocol.buffer_updated`, bound once.
     Buffered(Py<PyAny>, Py<PyAny>),
+    /// Nothing is read (a write pipe).
+    None,
 }
 
 struct State {
@@ -124,7 +126,11 @@ fn is_reader_protocol_buffered(py: Python<'_>, protocol: &Bound<'_, PyAny>) -> P
     protocol.is_instance(cls.bind(py))
 }
 
-fn make_reader(py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<Reader> {
+fn make_reader(py: Python<'_>, kind: Kind, protocol: &Bound<'_, PyAny>) -> PyResult<Reader> {
+    if let Kind::WritePipe { .. } = kind {
+        // A write pipe never reads: its protocol may be a plain `BaseProtocol`.
+        return Ok(Reader::None);
+    }
     if is_reader_protocol_buffered(py, protocol)? {
         Ok(Reader::Buffered(
             protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
@@ -285,6 +291,7 @@ impl StreamTransport {
             let reader = match &st.reader {
                 Reader::Data(f) => Reader::Data(f.clone_ref(py)),
                 Reader::Buffered(g, u) => Reader::Buffered(g.clone_ref(py), u.clone_ref(py)),
+                Reader::None => return Ok(()),
             };
             (st.context.clone_ref(py), reader)
         };
@@ -293,6 +300,7 @@ impl StreamTransport {
             Reader::Buffered(get_buffer, updated) => {
                 Self::read_buffered(slf, get_buffer.bind(py), updated.bind(py))
             }
+            Reader::None => Ok(false),
         })?;
         if again {
             let event_loop = this.loop_of(py);
@@ -659,7 +667,7 @@ impl StreamTransport {
         if fd < 0 {
             return Err(PyValueError::new_err("the socket is closed"));
         }
-        let reader = make_reader(py, &protocol)?;
+        let reader = make_reader(py, kind, &protocol)?;
         let context = copy_context(py)?;
         // The caller (`Loop._make_socket_transport`) calls `server._attach(transport)`.
         let server = server.filter(|s| !s.is_none());
@@ -845,7 +853,7 @@ impl StreamTransport {
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
-        let reader = make_reader(py, &protocol)?;
+        let reader = make_reader(py, self.kind, &protocol)?;
         let (old_p, old_r) = {
             let mut st = self.state.borrow_mut(py);
             st.protocol_connected = true;

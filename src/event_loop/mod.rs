@@ -119,7 +119,7 @@ impl SockWaits {
     }
 }
 
-struct State {
+pub(crate) struct State {
     ready: VecDeque<ReadyItem>,
     /// Rust transports by fd (registered with `NATIVE_BIT` tokens, edge-triggered).
     transports: HashMap<RawFd, NativeTransport>,
@@ -284,14 +284,20 @@ impl CoreLoop {
         Ok(handle)
     }
 
+    /// `call_at` proper: checks, then a `TimerHandle` on the heap.
     fn schedule_timer(
         &self,
         py: Python<'_>,
+        method: &str,
         when: f64,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
+        self.check_closed()?;
+        if self.debug.load(Ordering::Relaxed) {
+            self.debug_checks(py, &callback, method, true)?;
+        }
         let debug = self.debug.load(Ordering::Relaxed);
         let base = Handle::new(py, callback, Args::from_tuple(args), context, debug, false)?;
         let init = PyClassInitializer::from(base)
@@ -824,12 +830,8 @@ impl CoreLoop {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let delay: f64 = delay.extract()?;
-        self.check_closed()?;
-        if self.debug.load(Ordering::Relaxed) {
-            self.debug_checks(py, &callback, "call_later", true)?;
-        }
-        self.schedule_timer(py, monotonic() + delay, callback, args, context)
+        let when = monotonic() + delay.extract::<f64>()?;
+        self.schedule_timer(py, "call_later", when, callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -844,12 +846,7 @@ impl CoreLoop {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        let when: f64 = when.extract()?;
-        self.check_closed()?;
-        if self.debug.load(Ordering::Relaxed) {
-            self.debug_checks(py, &callback, "call_at", true)?;
-        }
-        self.schedule_timer(py, when, callback, args, context)
+        self.schedule_timer(py, "call_at", when.extract()?, callback, args, context)
     }
 
     #[pyo3(signature = (fd, callback, *args))]

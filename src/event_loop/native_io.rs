@@ -150,21 +150,7 @@ impl CoreLoop {
             }
         }
         let op = slot.take()?;
-        let token = Token(fd as usize | SOCK_BIT);
-        if let Some(registry) = st.registry.as_ref() {
-            match waits.interest() {
-                // The fd may be closed already, taking its registration with it.
-                None => {
-                    let _ = registry.deregister(&mut mio::unix::SourceFd(&fd));
-                }
-                Some(i) => {
-                    let _ = registry.reregister(&mut mio::unix::SourceFd(&fd), token, i);
-                }
-            }
-        }
-        if waits.interest().is_none() {
-            st.sock_waits.remove(&fd);
-        }
+        sync_sock_waits(st, fd);
         Some(op)
     }
 
@@ -195,26 +181,7 @@ impl CoreLoop {
             return Ok(());
         }
         // Put the slot's emptiness into the poller, then resolve (which runs Python code).
-        {
-            let mut st = self.state.borrow_mut(py);
-            let st = &mut *st;
-            if let Some(waits) = st.sock_waits.get_mut(&fd) {
-                let token = Token(fd as usize | SOCK_BIT);
-                if let Some(registry) = st.registry.as_ref() {
-                    match waits.interest() {
-                        None => {
-                            let _ = registry.deregister(&mut mio::unix::SourceFd(&fd));
-                        }
-                        Some(i) => {
-                            let _ = registry.reregister(&mut mio::unix::SourceFd(&fd), token, i);
-                        }
-                    }
-                }
-                if waits.interest().is_none() {
-                    st.sock_waits.remove(&fd);
-                }
-            }
-        }
+        sync_sock_waits(&mut self.state.borrow_mut(py), fd);
         sock_ops::resolve(py, op.future(), outcome)
     }
 
@@ -247,5 +214,25 @@ impl CoreLoop {
             .borrow_mut(py)
             .ready
             .push_back(ReadyItem::Read(transport));
+    }
+}
+
+/// Brings the poller in line with the operations still waiting on `fd` (after one was
+/// taken): fewer interests, or none and the fd is forgotten. Errors mean the fd was closed
+/// already, which took its registration with it.
+fn sync_sock_waits(st: &mut super::State, fd: RawFd) {
+    let Some(waits) = st.sock_waits.get_mut(&fd) else {
+        return;
+    };
+    let interest = waits.interest();
+    if let Some(registry) = st.registry.as_ref() {
+        let mut source = mio::unix::SourceFd(&fd);
+        let _ = match interest {
+            None => registry.deregister(&mut source),
+            Some(i) => registry.reregister(&mut source, Token(fd as usize | SOCK_BIT), i),
+        };
+    }
+    if interest.is_none() {
+        st.sock_waits.remove(&fd);
     }
 }

@@ -22,13 +22,15 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 
 use super::{
-    call_flow_control, copy_context, in_context, is_base_exit, FlowControl, NativeTransport,
+    call_flow_control, close, connection_lost, copy_context, fatal_error, force_close, in_context,
+    is_base_exit, set_interest, Common, NativeTransport, Transport,
     LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 use crate::errors::os_error;
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilCell;
 use crate::sys::{recvfrom, sendto, with_scratch, would_block, RawAddr};
+use std::cell::{Ref, RefMut};
 
 /// The largest datagram read (asyncio's `max_size`).
 const MAX_DATAGRAM: usize = 256 * 1024;
@@ -45,21 +47,11 @@ enum Dest {
 }
 
 struct State {
-    event_loop: Py<CoreLoop>,
-    sock: Option<Py<PyAny>>,
-    protocol: Py<PyAny>,
-    protocol_connected: bool,
-    extra: Py<PyDict>,
-    context: Py<PyAny>,
+    c: Common,
     /// `remote_addr` of a connected endpoint.
     address: Option<Py<PyAny>>,
     queue: VecDeque<(Vec<u8>, Dest)>,
     queued: usize,
-    flow: FlowControl,
-    conn_lost: u32,
-    closing: bool,
-    registered: bool,
-    want_write: bool,
 }
 
 #[pyclass(frozen, weakref, module = "ferroloop._ferroloop")]
@@ -108,17 +100,30 @@ enum Received {
     Error(PyErr),
 }
 
+impl Transport for DatagramTransport {
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+    fn common(&self, py: Python<'_>) -> Ref<'_, Common> {
+        Ref::map(self.state.borrow(py), |s| &s.c)
+    }
+    fn common_mut(&self, py: Python<'_>) -> RefMut<'_, Common> {
+        RefMut::map(self.state.borrow_mut(py), |s| &mut s.c)
+    }
+    fn discard_buffer(&self, py: Python<'_>) {
+        let mut st = self.state.borrow_mut(py);
+        st.queue.clear();
+        st.queued = 0;
+    }
+}
+
 impl DatagramTransport {
     pub fn fd(&self) -> RawFd {
         self.fd
     }
 
     pub fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).closing
-    }
-
-    fn loop_of(&self, py: Python<'_>) -> Py<CoreLoop> {
-        self.state.borrow(py).event_loop.clone_ref(py)
+        self.state.borrow(py).c.closing
     }
 
     fn receive(slf: &Bound<'_, Self>) -> PyResult<Received> {
@@ -126,7 +131,13 @@ impl DatagramTransport {
         let this = slf.get();
         if !this.inet {
             // Unix datagram sockets: the socket object knows how to spell the address.
-            let sock = this.state.borrow(py).sock.as_ref().map(|s| s.clone_ref(py));
+            let sock = this
+                .state
+                .borrow(py)
+                .c
+                .sock
+                .as_ref()
+                .map(|s| s.clone_ref(py));
             let Some(sock) = sock else {
                 return Ok(Received::Again);
             };
@@ -170,10 +181,10 @@ impl DatagramTransport {
         let this = slf.get();
         let (context, protocol) = {
             let st = this.state.borrow(py);
-            if st.conn_lost > 0 || st.closing || !st.registered {
+            if st.c.conn_lost > 0 || st.c.closing || !st.c.registered {
                 return Ok(());
             }
-            (st.context.clone_ref(py), st.protocol.clone_ref(py))
+            (st.c.context.clone_ref(py), st.c.protocol.clone_ref(py))
         };
         let full_batch = in_context(py, &context, || {
             for _ in 0..MAX_BATCH {
@@ -200,7 +211,7 @@ impl DatagramTransport {
                     return Ok(false);
                 }
                 let st = this.state.borrow(py);
-                if st.conn_lost > 0 || st.closing {
+                if st.c.conn_lost > 0 || st.c.closing {
                     return Ok(false);
                 }
             }
@@ -220,7 +231,7 @@ impl DatagramTransport {
         let py = slf.py();
         let (event_loop, protocol) = {
             let st = slf.get().state.borrow(py);
-            (st.event_loop.clone_ref(py), st.protocol.clone_ref(py))
+            (st.c.event_loop.clone_ref(py), st.c.protocol.clone_ref(py))
         };
         let ctx = PyDict::new(py);
         ctx.set_item("message", message)?;
@@ -241,7 +252,13 @@ impl DatagramTransport {
             Dest::Peer => sendto(this.fd, data, None),
             Dest::Raw(a) => sendto(this.fd, data, Some(a)),
             Dest::Py(addr) => {
-                let sock = this.state.borrow(py).sock.as_ref().map(|s| s.clone_ref(py));
+                let sock = this
+                    .state
+                    .borrow(py)
+                    .c
+                    .sock
+                    .as_ref()
+                    .map(|s| s.clone_ref(py));
                 let Some(sock) = sock else { return Ok(true) };
                 return match sock
                     .bind(py)
@@ -269,87 +286,13 @@ impl DatagramTransport {
             return Err(e);
         }
         if e.is_instance_of::<PyOSError>(py) {
-            let protocol = slf.get().state.borrow(py).protocol.clone_ref(py);
+            let protocol = slf.get().state.borrow(py).c.protocol.clone_ref(py);
             return protocol
                 .bind(py)
                 .call_method1(intern!(py, "error_received"), (e.into_value(py),))
                 .map(drop);
         }
-        Self::fatal_error(slf, e, "Fatal write error on datagram transport")
-    }
-
-    fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        let (event_loop, protocol) = {
-            let st = slf.get().state.borrow(py);
-            (st.event_loop.clone_ref(py), st.protocol.clone_ref(py))
-        };
-        let exc = exc.into_value(py).into_any();
-        event_loop.bind(py).call_method1(
-            intern!(py, "_transport_error"),
-            (slf, &exc, message, protocol),
-        )?;
-        Self::force_close(slf, Some(exc))
-    }
-
-    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let event_loop = {
-            let mut st = slf.get().state.borrow_mut(py);
-            if st.conn_lost > 0 {
-                return Ok(());
-            }
-            st.queue.clear();
-            st.queued = 0;
-            st.closing = true;
-            st.conn_lost += 1;
-            st.event_loop.clone_ref(py)
-        };
-        slf.get().set_interest(py, &event_loop, false, false)?;
-        Self::schedule_connection_lost(slf, &event_loop, exc)
-    }
-
-    fn schedule_connection_lost(
-        slf: &Bound<'_, Self>,
-        event_loop: &Py<CoreLoop>,
-        exc: Option<Py<PyAny>>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let cb = slf.getattr(intern!(py, "_call_connection_lost"))?;
-        event_loop
-            .bind(py)
-            .call_method1(intern!(py, "call_soon"), (cb, exc))?;
-        Ok(())
-    }
-
-    fn set_interest(
-        &self,
-        py: Python<'_>,
-        event_loop: &Py<CoreLoop>,
-        read: bool,
-        write: bool,
-    ) -> PyResult<()> {
-        {
-            let mut st = self.state.borrow_mut(py);
-            if !st.registered {
-                return Ok(());
-            }
-            if !read && !write {
-                st.registered = false;
-                st.want_write = false;
-            } else if st.want_write == write {
-                return Ok(());
-            } else {
-                st.want_write = write;
-            }
-        }
-        let core = event_loop.bind(py).get();
-        if read || write {
-            core.transport_modify(py, self.fd, write)
-        } else {
-            core.transport_unregister(py, self.fd);
-            Ok(())
-        }
+        fatal_error(slf, e, "Fatal write error on datagram transport")
     }
 
     fn flow_control(slf: &Bound<'_, Self>, pause: bool) -> PyResult<()> {
@@ -358,14 +301,14 @@ impl DatagramTransport {
             let mut st = slf.get().state.borrow_mut(py);
             let size = st.queued;
             let due = if pause {
-                st.flow.pause_due(size)
+                st.c.flow.pause_due(size)
             } else {
-                st.flow.resume_due(size)
+                st.c.flow.resume_due(size)
             };
             if !due {
                 return Ok(());
             }
-            (st.event_loop.clone_ref(py), st.protocol.clone_ref(py))
+            (st.c.event_loop.clone_ref(py), st.c.protocol.clone_ref(py))
         };
         let name = if pause {
             "pause_writing"
@@ -381,10 +324,10 @@ impl DatagramTransport {
         let this = slf.get();
         let context = {
             let st = this.state.borrow(py);
-            if st.conn_lost > 0 || st.queue.is_empty() {
+            if st.c.conn_lost > 0 || st.queue.is_empty() {
                 return Ok(());
             }
-            st.context.clone_ref(py)
+            st.c.context.clone_ref(py)
         };
         in_context(py, &context, || {
             loop {
@@ -403,12 +346,12 @@ impl DatagramTransport {
                 }
             }
             Self::flow_control(slf, false)?;
-            let (empty, closing, event_loop) = {
+            let (empty, closing) = {
                 let st = this.state.borrow(py);
-                (st.queue.is_empty(), st.closing, st.event_loop.clone_ref(py))
+                (st.queue.is_empty(), st.c.closing)
             };
             if empty {
-                this.set_interest(py, &event_loop, true, false)?;
+                set_interest(this, py, true, false)?;
                 if closing {
                     return DatagramTransport::_call_connection_lost(slf, None);
                 }
@@ -447,20 +390,10 @@ impl DatagramTransport {
             inet: family == libc::AF_INET || family == libc::AF_INET6,
             connected,
             state: GilCell::new(State {
-                event_loop: event_loop.unbind(),
-                sock: Some(sock.unbind()),
-                protocol: protocol.unbind(),
-                protocol_connected: true,
-                extra: extra.unbind(),
-                context: copy_context(py)?,
+                c: Common::new(event_loop, sock, protocol, extra, copy_context(py)?),
                 address: address.filter(|a| !a.is_none()).map(Bound::unbind),
                 queue: VecDeque::new(),
                 queued: 0,
-                flow: FlowControl::default(),
-                conn_lost: 0,
-                closing: false,
-                registered: false,
-                want_write: false,
             }),
         })
     }
@@ -486,17 +419,17 @@ impl DatagramTransport {
         let this = slf.get();
         let (event_loop, want_write) = {
             let mut st = this.state.borrow_mut(py);
-            if st.registered || st.closing || st.conn_lost > 0 {
+            if st.c.registered || st.c.closing || st.c.conn_lost > 0 {
                 return Ok(());
             }
-            st.registered = true;
-            st.want_write = !st.queue.is_empty();
-            (st.event_loop.clone_ref(py), st.want_write)
+            st.c.registered = true;
+            st.c.want_write = !st.queue.is_empty();
+            (st.c.event_loop.clone_ref(py), st.c.want_write)
         };
         let core = event_loop.bind(py).get();
         let me = NativeTransport::Datagram(slf.clone().unbind());
         if let Err(e) = core.transport_register(py, me.clone_ref(py), want_write) {
-            this.state.borrow_mut(py).registered = false;
+            this.state.borrow_mut(py).c.registered = false;
             return Err(e);
         }
         core.push_transport_read(py, me);
@@ -538,9 +471,9 @@ impl DatagramTransport {
                     }
                 }
                 addr = Some(address);
-                if st.conn_lost > 0 {
-                    st.conn_lost += 1;
-                    let warn = st.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                if st.c.conn_lost > 0 {
+                    st.c.conn_lost += 1;
+                    let warn = st.c.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES;
                     drop(st);
                     if warn {
                         crate::handles::format_module(py)?
@@ -570,10 +503,7 @@ impl DatagramTransport {
         if idle {
             match Self::send_one(slf, &bytes, &dest) {
                 Ok(true) => return Ok(()),
-                Ok(false) => {
-                    let event_loop = this.loop_of(py);
-                    this.set_interest(py, &event_loop, true, true)?;
-                }
+                Ok(false) => set_interest(this, py, true, true)?,
                 Err(e) => return Self::send_failed(slf, e),
             }
         }
@@ -586,28 +516,12 @@ impl DatagramTransport {
     }
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let (event_loop, flushed) = {
-            let mut st = slf.get().state.borrow_mut(py);
-            if st.closing {
-                return Ok(());
-            }
-            st.closing = true;
-            let flushed = st.queue.is_empty();
-            if flushed {
-                st.conn_lost += 1;
-            }
-            (st.event_loop.clone_ref(py), flushed)
-        };
-        if flushed {
-            slf.get().set_interest(py, &event_loop, false, false)?;
-            Self::schedule_connection_lost(slf, &event_loop, None)?;
-        }
-        Ok(())
+        let queued = slf.get().state.borrow(slf.py()).queued;
+        close(slf, queued)
     }
 
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::force_close(slf, None)
+        force_close(slf, None)
     }
 
     #[pyo3(name = "is_closing")]
@@ -618,14 +532,14 @@ impl DatagramTransport {
     fn set_protocol(&self, py: Python<'_>, protocol: Py<PyAny>) {
         let old = {
             let mut st = self.state.borrow_mut(py);
-            st.protocol_connected = true;
-            std::mem::replace(&mut st.protocol, protocol)
+            st.c.protocol_connected = true;
+            std::mem::replace(&mut st.c.protocol, protocol)
         };
         drop(old);
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Py<PyAny> {
-        self.state.borrow(py).protocol.clone_ref(py)
+        self.state.borrow(py).c.protocol.clone_ref(py)
     }
 
     #[pyo3(signature = (name, default=None))]
@@ -635,16 +549,12 @@ impl DatagramTransport {
         name: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let extra = self.state.borrow(py).extra.clone_ref(py);
-        match extra.bind(py).get_item(name)? {
-            Some(v) => Ok(v.unbind()),
-            None => Ok(default.unwrap_or_else(|| py.None())),
-        }
+        self.state.borrow(py).c.extra_info(py, name, default)
     }
 
     #[getter]
     fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
-        self.state.borrow(py).extra.clone_ref(py)
+        self.state.borrow(py).c.extra.clone_ref(py)
     }
 
     #[getter]
@@ -672,56 +582,30 @@ impl DatagramTransport {
         low: Option<i64>,
     ) -> PyResult<()> {
         let py = slf.py();
-        slf.get().state.borrow_mut(py).flow.set_limits(high, low)?;
+        slf.get()
+            .state
+            .borrow_mut(py)
+            .c
+            .flow
+            .set_limits(high, low)?;
         Self::flow_control(slf, true)
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
         let st = self.state.borrow(py);
-        (st.flow.low, st.flow.high)
+        (st.c.flow.low, st.c.flow.high)
     }
 
     #[pyo3(signature = (exc=None))]
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (protocol, connected, event_loop) = {
-            let mut st = this.state.borrow_mut(py);
-            if st.sock.is_none() {
-                return Ok(());
-            }
-            st.conn_lost = st.conn_lost.max(1);
-            st.closing = true;
-            let connected = std::mem::replace(&mut st.protocol_connected, false);
-            (
-                st.protocol.clone_ref(py),
-                connected,
-                st.event_loop.clone_ref(py),
-            )
-        };
-        this.set_interest(py, &event_loop, false, false)?;
-        // Forget the fd before the socket closes and its number can be reused.
-        event_loop.bind(py).get().transport_unregister(py, this.fd);
-        let result = if connected {
-            protocol
-                .bind(py)
-                .call_method1(intern!(py, "connection_lost"), (exc,))
-                .map(drop)
-        } else {
-            Ok(())
-        };
-        let sock = this.state.borrow_mut(py).sock.take();
-        if let Some(sock) = sock {
-            sock.bind(py).call_method0(intern!(py, "close"))?;
-        }
-        result
+        connection_lost(slf, exc).map(drop)
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
         let st = self.state.borrow(py);
-        let status = if st.sock.is_none() {
+        let status = if st.c.sock.is_none() {
             " closed"
-        } else if st.closing {
+        } else if st.c.closing {
             " closing"
         } else {
             ""

@@ -13,6 +13,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
+use std::cell::{Ref, RefMut};
+
+use crate::event_loop::CoreLoop;
 
 pub use datagram::DatagramTransport;
 pub use stream::StreamTransport;
@@ -77,6 +80,208 @@ impl NativeTransport {
             NativeTransport::Datagram(t) => DatagramTransport::on_writable(t.bind(py)),
         }
     }
+}
+
+/// The state every transport has (asyncio: `_SelectorTransport`'s attributes).
+pub struct Common {
+    pub event_loop: Py<CoreLoop>,
+    /// The socket (or pipe) object; it owns the fd. `None` once closed.
+    pub sock: Option<Py<PyAny>>,
+    pub protocol: Py<PyAny>,
+    /// `connection_made` was (or will be) called, so `connection_lost` is owed.
+    pub protocol_connected: bool,
+    pub extra: Py<PyDict>,
+    /// The context protocol callbacks run in (copied when the transport was made).
+    pub context: Py<PyAny>,
+    pub flow: FlowControl,
+    /// Set when `connection_lost` is scheduled; counts writes after that.
+    pub conn_lost: u32,
+    pub closing: bool,
+    /// Registered with the poller (reading has started).
+    pub registered: bool,
+    /// Writable interest is on.
+    pub want_write: bool,
+}
+
+impl Common {
+    pub fn new(
+        event_loop: Bound<'_, CoreLoop>,
+        sock: Bound<'_, PyAny>,
+        protocol: Bound<'_, PyAny>,
+        extra: Bound<'_, PyDict>,
+        context: Py<PyAny>,
+    ) -> Common {
+        Common {
+            event_loop: event_loop.unbind(),
+            sock: Some(sock.unbind()),
+            protocol: protocol.unbind(),
+            protocol_connected: true,
+            extra: extra.unbind(),
+            context,
+            flow: FlowControl::default(),
+            conn_lost: 0,
+            closing: false,
+            registered: false,
+            want_write: false,
+        }
+    }
+
+    pub fn extra_info(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        match self.extra.bind(py).get_item(name)? {
+            Some(v) => Ok(v.unbind()),
+            None => Ok(default.unwrap_or_else(|| py.None())),
+        }
+    }
+}
+
+/// What the shared transport machinery needs of a transport class.
+pub trait Transport: pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync {
+    fn fd(&self) -> RawFd;
+    fn common(&self, py: Python<'_>) -> Ref<'_, Common>;
+    fn common_mut(&self, py: Python<'_>) -> RefMut<'_, Common>;
+    /// Drops whatever is queued for writing (a forced close).
+    fn discard_buffer(&self, py: Python<'_>);
+
+    fn loop_of(&self, py: Python<'_>) -> Py<CoreLoop> {
+        self.common(py).event_loop.clone_ref(py)
+    }
+}
+
+/// Turns writable interest on or off, or with neither side wanted, forgets the
+/// registration for good (the transport is stopping).
+pub fn set_interest<T: Transport>(t: &T, py: Python<'_>, read: bool, write: bool) -> PyResult<()> {
+    let event_loop = {
+        let mut c = t.common_mut(py);
+        if !c.registered {
+            return Ok(());
+        }
+        if !read && !write {
+            c.registered = false;
+            c.want_write = false;
+        } else if c.want_write == write {
+            return Ok(());
+        } else {
+            c.want_write = write;
+        }
+        c.event_loop.clone_ref(py)
+    };
+    let core = event_loop.bind(py).get();
+    if read || write {
+        core.transport_modify(py, t.fd(), write)
+    } else {
+        core.transport_unregister(py, t.fd());
+        Ok(())
+    }
+}
+
+/// Schedules `_call_connection_lost(exc)` as a loop callback.
+pub fn schedule_connection_lost<T: Transport>(
+    slf: &Bound<'_, T>,
+    exc: Option<Py<PyAny>>,
+) -> PyResult<()> {
+    let py = slf.py();
+    let event_loop = slf.get().common(py).event_loop.clone_ref(py);
+    let cb = slf.as_any().getattr(intern!(py, "_call_connection_lost"))?;
+    event_loop
+        .bind(py)
+        .call_method1(intern!(py, "call_soon"), (cb, exc))?;
+    Ok(())
+}
+
+/// asyncio's `_force_close`: drop the buffer, stop, and schedule `connection_lost(exc)`.
+pub fn force_close<T: Transport>(slf: &Bound<'_, T>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+    let py = slf.py();
+    let this = slf.get();
+    {
+        let mut c = this.common_mut(py);
+        if c.conn_lost > 0 {
+            return Ok(());
+        }
+        c.closing = true;
+        c.conn_lost += 1;
+    }
+    this.discard_buffer(py);
+    set_interest(this, py, false, false)?;
+    schedule_connection_lost(slf, exc)
+}
+
+/// asyncio's `_fatal_error`: report (through the loop, which logs OSErrors only in debug
+/// mode), then force-close with the exception.
+pub fn fatal_error<T: Transport>(slf: &Bound<'_, T>, exc: PyErr, message: &str) -> PyResult<()> {
+    let py = slf.py();
+    let (event_loop, protocol) = {
+        let c = slf.get().common(py);
+        (c.event_loop.clone_ref(py), c.protocol.clone_ref(py))
+    };
+    let exc = exc.into_value(py).into_any();
+    event_loop.bind(py).call_method1(
+        intern!(py, "_transport_error"),
+        (slf, &exc, message, protocol),
+    )?;
+    force_close(slf, Some(exc))
+}
+
+/// asyncio's `close()` of a transport whose `buffered` bytes are still to be sent: stop
+/// reading; if nothing is buffered, schedule `connection_lost(None)` now, else the write side
+/// does when the buffer drains.
+pub fn close<T: Transport>(slf: &Bound<'_, T>, buffered: usize) -> PyResult<()> {
+    let py = slf.py();
+    {
+        let mut c = slf.get().common_mut(py);
+        if c.closing {
+            return Ok(());
+        }
+        c.closing = true;
+        if buffered > 0 {
+            return Ok(());
+        }
+        c.conn_lost += 1;
+    }
+    set_interest(slf.get(), py, false, false)?;
+    schedule_connection_lost(slf, None)
+}
+
+/// The shared part of `_call_connection_lost`: unregister, tell the protocol, close the
+/// socket. Returns `false` if that already happened.
+pub fn connection_lost<T: Transport>(slf: &Bound<'_, T>, exc: Option<Py<PyAny>>) -> PyResult<bool> {
+    let py = slf.py();
+    let this = slf.get();
+    let (protocol, connected) = {
+        let mut c = this.common_mut(py);
+        if c.sock.is_none() {
+            return Ok(false);
+        }
+        c.conn_lost = c.conn_lost.max(1);
+        c.closing = true;
+        let connected = std::mem::replace(&mut c.protocol_connected, false);
+        (c.protocol.clone_ref(py), connected)
+    };
+    set_interest(this, py, false, false)?;
+    // Forget the fd before the socket closes and its number can be reused.
+    let event_loop = this.common(py).event_loop.clone_ref(py);
+    event_loop
+        .bind(py)
+        .get()
+        .transport_unregister(py, this.fd());
+    // Runs in the caller's context: a loop callback's own, or the write turn's.
+    let result = if connected {
+        protocol
+            .bind(py)
+            .call_method1(intern!(py, "connection_lost"), (exc,))
+            .map(drop)
+    } else {
+        Ok(())
+    };
+    let sock = this.common_mut(py).sock.take();
+    if let Some(sock) = sock {
+        sock.bind(py).call_method0(intern!(py, "close"))?;
+    }
+    result.map(|()| true)
 }
 
 /// Watermarks of a write buffer and whether the protocol was told to pause.

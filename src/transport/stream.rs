@@ -32,9 +32,11 @@ use crate::gil_cell::GilCell;
 use crate::sys::{read_fd, recv, send, with_scratch, would_block, write_fd};
 
 use super::{
-    asyncio_class, call_flow_control, copy_context, in_context, is_base_exit, FlowControl,
-    NativeTransport, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    asyncio_class, call_flow_control, close, connection_lost, copy_context, fatal_error,
+    force_close, in_context, is_base_exit, schedule_connection_lost, set_interest, Common,
+    NativeTransport, Transport, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
+use std::cell::{Ref, RefMut};
 
 /// Bytes asked of each `recv` (asyncio's `max_size`).
 const MAX_READ: usize = 256 * 1024;
@@ -49,23 +51,12 @@ enum Reader {
 }
 
 struct State {
-    event_loop: Py<CoreLoop>,
-    /// The Python socket object; it owns the fd. `None` once closed.
-    sock: Option<Py<PyAny>>,
-    protocol: Py<PyAny>,
+    c: Common,
     reader: Reader,
-    protocol_connected: bool,
-    extra: Py<PyDict>,
     server: Option<Py<PyAny>>,
-    /// The context protocol callbacks run in (copied when the transport was made).
-    context: Py<PyAny>,
     buffer: Vec<u8>,
     /// Bytes at the front of `buffer` already sent.
     sent: usize,
-    flow: FlowControl,
-    /// Set when `connection_lost` is scheduled; counts writes after that.
-    conn_lost: u32,
-    closing: bool,
     paused: bool,
     /// The peer's EOF arrived and the protocol kept the connection open: stop reading.
     read_eof: bool,
@@ -73,14 +64,10 @@ struct State {
     /// `recv` says EOF or fails, since no further edge will come.
     hangup: bool,
     eof: bool,
-    /// Registered with the poller (reading has started).
-    registered: bool,
     /// Reading started, then the poller registration was lent out (native sendfile).
     suspended: bool,
     /// `loop.sendfile` waits for the buffer to empty; writes are refused meanwhile.
     empty_waiter: Option<Py<PyAny>>,
-    /// Writable interest is on.
-    want_write: bool,
 }
 
 impl State {
@@ -143,6 +130,23 @@ fn make_reader(py: Python<'_>, kind: Kind, protocol: &Bound<'_, PyAny>) -> PyRes
     }
 }
 
+impl Transport for StreamTransport {
+    fn fd(&self) -> RawFd {
+        self.fd
+    }
+    fn common(&self, py: Python<'_>) -> Ref<'_, Common> {
+        Ref::map(self.state.borrow(py), |s| &s.c)
+    }
+    fn common_mut(&self, py: Python<'_>) -> RefMut<'_, Common> {
+        RefMut::map(self.state.borrow_mut(py), |s| &mut s.c)
+    }
+    fn discard_buffer(&self, py: Python<'_>) {
+        let mut st = self.state.borrow_mut(py);
+        st.buffer = Vec::new();
+        st.sent = 0;
+    }
+}
+
 impl StreamTransport {
     pub fn fd(&self) -> RawFd {
         self.fd
@@ -163,7 +167,7 @@ impl StreamTransport {
     }
 
     pub fn is_closing(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).closing
+        self.state.borrow(py).c.closing
     }
 
     /// Called by the loop when the poller reports a hang-up or an error on the socket.
@@ -175,93 +179,6 @@ impl StreamTransport {
         self.state.borrow(py).hangup
     }
 
-    fn loop_of(&self, py: Python<'_>) -> Py<CoreLoop> {
-        self.state.borrow(py).event_loop.clone_ref(py)
-    }
-
-    /// asyncio's `_fatal_error`: report (through the loop, which logs OSErrors only in debug
-    /// mode), then force-close.
-    fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (event_loop, protocol) = {
-            let st = this.state.borrow(py);
-            (st.event_loop.clone_ref(py), st.protocol.clone_ref(py))
-        };
-        let exc = exc.into_value(py).into_any();
-        event_loop.bind(py).call_method1(
-            intern!(py, "_transport_error"),
-            (slf, &exc, message, protocol),
-        )?;
-        Self::force_close(slf, Some(exc))
-    }
-
-    /// asyncio's `_force_close`.
-    fn force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let event_loop = {
-            let mut st = this.state.borrow_mut(py);
-            if st.conn_lost > 0 {
-                return Ok(());
-            }
-            st.buffer = Vec::new();
-            st.sent = 0;
-            st.closing = true;
-            st.conn_lost += 1;
-            st.event_loop.clone_ref(py)
-        };
-        this.set_interest(py, &event_loop, false, false)?;
-        Self::schedule_connection_lost(slf, &event_loop, exc)
-    }
-
-    fn schedule_connection_lost(
-        slf: &Bound<'_, Self>,
-        event_loop: &Py<CoreLoop>,
-        exc: Option<Py<PyAny>>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let cb = slf.getattr(intern!(py, "_call_connection_lost"))?;
-        event_loop
-            .bind(py)
-            .call_method1(intern!(py, "call_soon"), (cb, exc))?;
-        Ok(())
-    }
-
-    /// Turns writable interest on or off (and readable off with `read = false` when the
-    /// transport stops for good).
-    fn set_interest(
-        &self,
-        py: Python<'_>,
-        event_loop: &Py<CoreLoop>,
-        read: bool,
-        write: bool,
-    ) -> PyResult<()> {
-        let registered = {
-            let mut st = self.state.borrow_mut(py);
-            if !st.registered {
-                return Ok(());
-            }
-            if !read && !write {
-                st.registered = false;
-                st.want_write = false;
-            } else {
-                if st.want_write == write {
-                    return Ok(());
-                }
-                st.want_write = write;
-            }
-            read || write
-        };
-        let core = event_loop.bind(py).get();
-        if registered {
-            core.transport_modify(py, self.fd, write)
-        } else {
-            core.transport_unregister(py, self.fd);
-            Ok(())
-        }
-    }
-
     /// One turn of reading, run from the loop's ready queue.
     pub fn on_readable(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
@@ -269,7 +186,7 @@ impl StreamTransport {
         if let Kind::WritePipe { watch_peer } = this.kind {
             // The read end went away (asyncio: "Pipe was closed by peer").
             let buffered = this.state.borrow(py).buffered() > 0;
-            if watch_peer && this.state.borrow(py).conn_lost == 0 {
+            if watch_peer && this.state.borrow(py).c.conn_lost == 0 {
                 let exc = if buffered {
                     Some(
                         pyo3::exceptions::PyBrokenPipeError::new_err(())
@@ -279,13 +196,13 @@ impl StreamTransport {
                 } else {
                     None
                 };
-                return Self::force_close(slf, exc);
+                return force_close(slf, exc);
             }
             return Ok(());
         }
         let (context, reader) = {
             let st = this.state.borrow(py);
-            if st.conn_lost > 0 || st.closing || st.paused || st.read_eof || !st.registered {
+            if st.c.conn_lost > 0 || st.c.closing || st.paused || st.read_eof || !st.c.registered {
                 return Ok(());
             }
             let reader = match &st.reader {
@@ -293,7 +210,7 @@ impl StreamTransport {
                 Reader::Buffered(g, u) => Reader::Buffered(g.clone_ref(py), u.clone_ref(py)),
                 Reader::None => return Ok(()),
             };
-            (st.context.clone_ref(py), reader)
+            (st.c.context.clone_ref(py), reader)
         };
         let again = in_context(py, &context, || match reader {
             Reader::Data(data_received) => Self::read_data(slf, data_received.bind(py)),
@@ -325,7 +242,7 @@ impl StreamTransport {
             Err(e) if would_block(&e) => return Ok(false),
             Err(e) => {
                 let msg = format!("Fatal read error on {} transport", slf.get().kind.noun());
-                Self::fatal_error(slf, os_error(e), &msg)?;
+                fatal_error(slf, os_error(e), &msg)?;
                 return Ok(false);
             }
         };
@@ -337,7 +254,7 @@ impl StreamTransport {
             if is_base_exit(py, &e) {
                 return Err(e);
             }
-            Self::fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.")?;
+            fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.")?;
             return Ok(false);
         }
         Ok(len == MAX_READ || slf.get().hangup(py))
@@ -366,7 +283,7 @@ impl StreamTransport {
             Ok(b) => b,
             Err(e) if is_base_exit(py, &e) => return Err(e),
             Err(e) => {
-                Self::fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed.")?;
+                fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed.")?;
                 return Ok(false);
             }
         };
@@ -382,7 +299,7 @@ impl StreamTransport {
             Err(e) if would_block(&e) => return Ok(false),
             Err(e) => {
                 let msg = format!("Fatal read error on {} transport", slf.get().kind.noun());
-                Self::fatal_error(slf, os_error(e), &msg)?;
+                fatal_error(slf, os_error(e), &msg)?;
                 return Ok(false);
             }
         };
@@ -394,7 +311,7 @@ impl StreamTransport {
             if is_base_exit(py, &e) {
                 return Err(e);
             }
-            Self::fatal_error(
+            fatal_error(
                 slf,
                 e,
                 "Fatal error: protocol.buffer_updated() call failed.",
@@ -411,18 +328,18 @@ impl StreamTransport {
             // as loop callbacks; eof_received's answer does not matter.
             let (event_loop, protocol) = {
                 let mut st = slf.get().state.borrow_mut(py);
-                st.closing = true;
-                st.conn_lost += 1;
-                (st.event_loop.clone_ref(py), st.protocol.clone_ref(py))
+                st.c.closing = true;
+                st.c.conn_lost += 1;
+                (st.c.event_loop.clone_ref(py), st.c.protocol.clone_ref(py))
             };
-            slf.get().set_interest(py, &event_loop, false, false)?;
+            set_interest(slf.get(), py, false, false)?;
             let eof = protocol.bind(py).getattr(intern!(py, "eof_received"))?;
             event_loop
                 .bind(py)
                 .call_method1(intern!(py, "call_soon"), (eof,))?;
-            return Self::schedule_connection_lost(slf, &event_loop, None);
+            return schedule_connection_lost(slf, None);
         }
-        let protocol = slf.get().state.borrow(py).protocol.clone_ref(py);
+        let protocol = slf.get().state.borrow(py).c.protocol.clone_ref(py);
         match protocol.bind(py).call_method0(intern!(py, "eof_received")) {
             Ok(keep_open) => {
                 if keep_open.is_truthy()? {
@@ -434,9 +351,7 @@ impl StreamTransport {
                 Ok(())
             }
             Err(e) if is_base_exit(py, &e) => Err(e),
-            Err(e) => {
-                Self::fatal_error(slf, e, "Fatal error: protocol.eof_received() call failed.")
-            }
+            Err(e) => fatal_error(slf, e, "Fatal error: protocol.eof_received() call failed."),
         }
     }
 
@@ -446,10 +361,10 @@ impl StreamTransport {
         let this = slf.get();
         let context = {
             let st = this.state.borrow(py);
-            if st.conn_lost > 0 || st.buffered() == 0 {
+            if st.c.conn_lost > 0 || st.buffered() == 0 {
                 return Ok(());
             }
-            st.context.clone_ref(py)
+            st.c.context.clone_ref(py)
         };
         in_context(py, &context, || Self::flush(slf))
     }
@@ -464,16 +379,13 @@ impl StreamTransport {
         match result {
             Err(e) if would_block(&e) => Ok(()),
             Err(e) => {
-                let (event_loop, waiter) = {
+                let waiter = {
                     let mut st = this.state.borrow_mut(py);
                     st.buffer = Vec::new();
                     st.sent = 0;
-                    (
-                        st.event_loop.clone_ref(py),
-                        st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
-                    )
+                    st.empty_waiter.as_ref().map(|w| w.clone_ref(py))
                 };
-                this.set_interest(py, &event_loop, true, false)?;
+                set_interest(this, py, true, false)?;
                 let err = os_error(e);
                 if let Some(w) = waiter {
                     let value = err.clone_ref(py).into_value(py);
@@ -481,10 +393,10 @@ impl StreamTransport {
                         .call_method1(intern!(py, "set_exception"), (value,))?;
                 }
                 let msg = format!("Fatal write error on {} transport", this.kind.noun());
-                Self::fatal_error(slf, err, &msg)
+                fatal_error(slf, err, &msg)
             }
             Ok(n) => {
-                let (empty, closing, eof, event_loop) = {
+                let (empty, closing, eof) = {
                     let mut st = this.state.borrow_mut(py);
                     st.sent += n;
                     if st.sent == st.buffer.len() {
@@ -495,16 +407,11 @@ impl StreamTransport {
                         st.buffer.drain(..sent);
                         st.sent = 0;
                     }
-                    (
-                        st.buffered() == 0,
-                        st.closing,
-                        st.eof,
-                        st.event_loop.clone_ref(py),
-                    )
+                    (st.buffered() == 0, st.c.closing, st.eof)
                 };
                 Self::maybe_resume_protocol(slf)?;
                 if empty {
-                    this.set_interest(py, &event_loop, true, false)?;
+                    set_interest(this, py, true, false)?;
                     let waiter = this
                         .state
                         .borrow(py)
@@ -555,14 +462,14 @@ impl StreamTransport {
             let mut st = slf.get().state.borrow_mut(py);
             let size = st.buffered();
             let due = if pause {
-                st.flow.pause_due(size)
+                st.c.flow.pause_due(size)
             } else {
-                st.flow.resume_due(size)
+                st.c.flow.resume_due(size)
             };
             if !due {
                 return Ok(());
             }
-            (st.event_loop.clone_ref(py), st.protocol.clone_ref(py))
+            (st.c.event_loop.clone_ref(py), st.c.protocol.clone_ref(py))
         };
         let name = if pause {
             "pause_writing"
@@ -595,9 +502,9 @@ impl StreamTransport {
                 return Ok(());
             }
             // A pipe also refuses writes once closing (asyncio's pipe transport does).
-            if st.conn_lost > 0 || (this.kind != Kind::Socket && st.closing) {
-                st.conn_lost += 1;
-                let warn = st.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+            if st.c.conn_lost > 0 || (this.kind != Kind::Socket && st.c.closing) {
+                st.c.conn_lost += 1;
+                let warn = st.c.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES;
                 drop(st);
                 if warn {
                     let message = match this.kind {
@@ -618,7 +525,7 @@ impl StreamTransport {
                 Ok(n) => rest = &data[n..],
                 Err(e) if would_block(&e) => {}
                 Err(e) => {
-                    return Self::fatal_error(
+                    return fatal_error(
                         slf,
                         os_error(e),
                         &format!("Fatal write error on {} transport", this.kind.noun()),
@@ -626,12 +533,8 @@ impl StreamTransport {
                 }
             }
         }
-        let event_loop = {
-            let mut st = this.state.borrow_mut(py);
-            st.buffer.extend_from_slice(rest);
-            st.event_loop.clone_ref(py)
-        };
-        this.set_interest(py, &event_loop, true, true)?;
+        this.state.borrow_mut(py).buffer.extend_from_slice(rest);
+        set_interest(this, py, true, true)?;
         Self::maybe_pause_protocol(slf)
     }
 }
@@ -675,27 +578,17 @@ impl StreamTransport {
             fd,
             kind,
             state: GilCell::new(State {
-                event_loop: event_loop.unbind(),
-                sock: Some(sock.unbind()),
-                protocol: protocol.unbind(),
+                c: Common::new(event_loop, sock, protocol, extra, context),
                 reader,
-                protocol_connected: true,
-                extra: extra.unbind(),
                 server: server.map(Bound::unbind),
-                context,
                 buffer: Vec::new(),
                 sent: 0,
-                flow: FlowControl::default(),
-                conn_lost: 0,
-                closing: false,
                 paused: false,
                 read_eof: false,
                 hangup: false,
                 eof: false,
-                registered: false,
                 suspended: false,
                 empty_waiter: None,
-                want_write: false,
             }),
         })
     }
@@ -719,21 +612,21 @@ impl StreamTransport {
         let this = slf.get();
         let event_loop = {
             let mut st = this.state.borrow_mut(py);
-            if st.registered || st.closing || st.conn_lost > 0 {
+            if st.c.registered || st.c.closing || st.c.conn_lost > 0 {
                 return Ok(());
             }
-            st.registered = true;
-            st.want_write = st.buffered() > 0;
-            st.event_loop.clone_ref(py)
+            st.c.registered = true;
+            st.c.want_write = st.buffered() > 0;
+            st.c.event_loop.clone_ref(py)
         };
-        let want_write = this.state.borrow(py).want_write;
+        let want_write = this.state.borrow(py).c.want_write;
         let core = event_loop.bind(py).get();
         if let Err(e) = core.transport_register(
             py,
             NativeTransport::Stream(slf.clone().unbind()),
             want_write,
         ) {
-            this.state.borrow_mut(py).registered = false;
+            this.state.borrow_mut(py).c.registered = false;
             return Err(e);
         }
         let reads = !matches!(this.kind, Kind::WritePipe { .. });
@@ -773,7 +666,7 @@ impl StreamTransport {
         }
         {
             let mut st = slf.get().state.borrow_mut(py);
-            if st.closing || st.eof {
+            if st.c.closing || st.eof {
                 return Ok(());
             }
             st.eof = true;
@@ -789,29 +682,12 @@ impl StreamTransport {
     }
 
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (event_loop, flushed) = {
-            let mut st = this.state.borrow_mut(py);
-            if st.closing {
-                return Ok(());
-            }
-            st.closing = true;
-            let flushed = st.buffered() == 0;
-            if flushed {
-                st.conn_lost += 1;
-            }
-            (st.event_loop.clone_ref(py), flushed)
-        };
-        if flushed {
-            this.set_interest(py, &event_loop, false, false)?;
-            Self::schedule_connection_lost(slf, &event_loop, None)?;
-        }
-        Ok(())
+        let buffered = slf.get().state.borrow(slf.py()).buffered();
+        close(slf, buffered)
     }
 
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::force_close(slf, None)
+        force_close(slf, None)
     }
 
     #[pyo3(name = "is_closing")]
@@ -821,12 +697,12 @@ impl StreamTransport {
 
     fn is_reading(&self, py: Python<'_>) -> bool {
         let st = self.state.borrow(py);
-        !st.closing && !st.paused
+        !st.c.closing && !st.paused
     }
 
     fn pause_reading(&self, py: Python<'_>) {
         let mut st = self.state.borrow_mut(py);
-        if !st.closing {
+        if !st.c.closing {
             st.paused = true;
         }
     }
@@ -836,14 +712,14 @@ impl StreamTransport {
         let this = slf.get();
         let event_loop = {
             let mut st = this.state.borrow_mut(py);
-            if st.closing || !st.paused {
+            if st.c.closing || !st.paused {
                 return;
             }
             st.paused = false;
-            if !st.registered {
+            if !st.c.registered {
                 return;
             }
-            st.event_loop.clone_ref(py)
+            st.c.event_loop.clone_ref(py)
         };
         // Data may have arrived while paused, with no new edge to report it.
         event_loop
@@ -856,9 +732,9 @@ impl StreamTransport {
         let reader = make_reader(py, self.kind, &protocol)?;
         let (old_p, old_r) = {
             let mut st = self.state.borrow_mut(py);
-            st.protocol_connected = true;
+            st.c.protocol_connected = true;
             (
-                std::mem::replace(&mut st.protocol, protocol.unbind()),
+                std::mem::replace(&mut st.c.protocol, protocol.unbind()),
                 std::mem::replace(&mut st.reader, reader),
             )
         };
@@ -867,7 +743,7 @@ impl StreamTransport {
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Py<PyAny> {
-        self.state.borrow(py).protocol.clone_ref(py)
+        self.state.borrow(py).c.protocol.clone_ref(py)
     }
 
     #[pyo3(signature = (name, default=None))]
@@ -877,16 +753,12 @@ impl StreamTransport {
         name: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let extra = self.state.borrow(py).extra.clone_ref(py);
-        match extra.bind(py).get_item(name)? {
-            Some(v) => Ok(v.unbind()),
-            None => Ok(default.unwrap_or_else(|| py.None())),
-        }
+        self.state.borrow(py).c.extra_info(py, name, default)
     }
 
     #[getter]
     fn _extra(&self, py: Python<'_>) -> Py<PyDict> {
-        self.state.borrow(py).extra.clone_ref(py)
+        self.state.borrow(py).c.extra.clone_ref(py)
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -896,13 +768,18 @@ impl StreamTransport {
         low: Option<i64>,
     ) -> PyResult<()> {
         let py = slf.py();
-        slf.get().state.borrow_mut(py).flow.set_limits(high, low)?;
+        slf.get()
+            .state
+            .borrow_mut(py)
+            .c
+            .flow
+            .set_limits(high, low)?;
         Self::maybe_pause_protocol(slf)
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
         let st = self.state.borrow(py);
-        (st.flow.low, st.flow.high)
+        (st.c.flow.low, st.c.flow.high)
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
@@ -917,12 +794,17 @@ impl StreamTransport {
     /// The socket object (for `loop.sendfile`'s native path).
     #[getter]
     fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.borrow(py).sock.as_ref().map(|s| s.clone_ref(py))
+        self.state
+            .borrow(py)
+            .c
+            .sock
+            .as_ref()
+            .map(|s| s.clone_ref(py))
     }
 
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.state.borrow(py).flow.paused
+        self.state.borrow(py).c.flow.paused
     }
 
     /// A future done when the write buffer is empty; `write()` is refused until
@@ -953,15 +835,14 @@ impl StreamTransport {
 
     /// Lends the socket's poller registration out (native sendfile drives the fd itself).
     fn _suspend_io(&self, py: Python<'_>) -> PyResult<()> {
-        let event_loop = {
+        {
             let mut st = self.state.borrow_mut(py);
-            if !st.registered {
+            if !st.c.registered {
                 return Ok(());
             }
             st.suspended = true;
-            st.event_loop.clone_ref(py)
-        };
-        self.set_interest(py, &event_loop, false, false)
+        }
+        set_interest(self, py, false, false)
     }
 
     /// Takes the registration back after `_suspend_io`.
@@ -969,7 +850,7 @@ impl StreamTransport {
         let py = slf.py();
         {
             let mut st = slf.get().state.borrow_mut(py);
-            if !std::mem::replace(&mut st.suspended, false) || st.sock.is_none() {
+            if !std::mem::replace(&mut st.suspended, false) || st.c.sock.is_none() {
                 return Ok(());
             }
         }
@@ -981,67 +862,35 @@ impl StreamTransport {
     #[pyo3(signature = (exc=None))]
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
-        let this = slf.get();
-        let (protocol, connected, event_loop) = {
-            let mut st = this.state.borrow_mut(py);
-            if st.sock.is_none() {
-                return Ok(());
-            }
-            st.conn_lost = st.conn_lost.max(1);
-            st.closing = true;
-            let connected = std::mem::replace(&mut st.protocol_connected, false);
-            (
-                st.protocol.clone_ref(py),
-                connected,
-                st.event_loop.clone_ref(py),
-            )
-        };
-        this.set_interest(py, &event_loop, false, false)?;
-        // Forget the fd before the socket closes and its number can be reused.
-        event_loop.bind(py).get().transport_unregister(py, this.fd);
-        // Runs in the caller's context: a loop callback's own, or the write turn's.
-        let result = if connected {
-            protocol
-                .bind(py)
-                .call_method1(intern!(py, "connection_lost"), (exc,))
-                .map(drop)
-        } else {
-            Ok(())
-        };
-        let (sock, server) = {
-            let mut st = this.state.borrow_mut(py);
-            (st.sock.take(), st.server.take())
-        };
-        if let Some(sock) = sock {
-            sock.bind(py).call_method0(intern!(py, "close"))?;
-        }
+        let result = connection_lost(slf, exc);
+        let server = slf.get().state.borrow_mut(py).server.take();
         if let Some(server) = server {
             server
                 .bind(py)
                 .call_method1(intern!(py, "_detach"), (slf,))?;
         }
-        result
+        result.map(drop)
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
         let st = self.state.borrow(py);
         let mut parts = vec!["StreamTransport".to_owned()];
-        if st.sock.is_none() {
+        if st.c.sock.is_none() {
             parts.push("closed".into());
-        } else if st.closing {
+        } else if st.c.closing {
             parts.push("closing".into());
         }
         parts.push(format!("fd={}", self.fd));
-        if st.sock.is_some() {
+        if st.c.sock.is_some() {
             parts.push(
-                if st.registered && !st.paused {
+                if st.c.registered && !st.paused {
                     "read=polling"
                 } else {
                     "read=idle"
                 }
                 .into(),
             );
-            let state = if st.want_write { "polling" } else { "idle" };
+            let state = if st.c.want_write { "polling" } else { "idle" };
             parts.push(format!("write=<{state}, bufsize={}>", st.buffered()));
         }
         format!("<{}>", parts.join(" "))

@@ -28,29 +28,25 @@ use crate::sys::{recv, send, with_scratch, would_block};
 /// Reads up to this size go through the per-thread scratch buffer.
 const SCRATCH_LIMIT: usize = 256 * 1024;
 
-pub enum SockOp {
-    Recv {
-        n: usize,
-        fut: Py<PyAny>,
-    },
-    RecvInto {
-        buf: Py<PyAny>,
-        fut: Py<PyAny>,
-    },
-    SendAll {
-        data: Vec<u8>,
-        pos: usize,
-        fut: Py<PyAny>,
-    },
+/// What a waiting operation does when its fd is ready.
+pub enum OpKind {
+    Recv { n: usize },
+    RecvInto { buf: Py<PyAny> },
+    SendAll { data: Vec<u8>, pos: usize },
+}
+
+/// An operation waiting for readiness: its future, and the done-callback that drops it if
+/// the future is cancelled first (removed again when the operation completes, so a
+/// completed operation costs no extra loop callback).
+pub struct SockOp {
+    pub kind: OpKind,
+    pub fut: Py<PyAny>,
+    pub done_cb: Option<Py<PyAny>>,
 }
 
 impl SockOp {
     pub fn future(&self) -> &Py<PyAny> {
-        match self {
-            SockOp::Recv { fut, .. }
-            | SockOp::RecvInto { fut, .. }
-            | SockOp::SendAll { fut, .. } => fut,
-        }
+        &self.fut
     }
 }
 
@@ -107,9 +103,9 @@ fn io_attempt<T>(r: std::io::Result<T>, done: impl FnOnce(T) -> Py<PyAny>) -> At
 
 /// One try of `op` on `fd`; a send that made progress but is not done updates `op`.
 pub fn attempt(py: Python<'_>, fd: RawFd, op: &mut SockOp) -> Attempt {
-    match op {
-        SockOp::Recv { n, .. } => io_attempt(recv_bytes(py, fd, *n), |b| b),
-        SockOp::RecvInto { buf, .. } => match recv_into(py, fd, buf.bind(py)) {
+    match &mut op.kind {
+        OpKind::Recv { n } => io_attempt(recv_bytes(py, fd, *n), |b| b),
+        OpKind::RecvInto { buf } => match recv_into(py, fd, buf.bind(py)) {
             Ok(r) => io_attempt(r, |n| {
                 n.into_pyobject(py)
                     .map(|v| v.into_any().unbind())
@@ -117,7 +113,7 @@ pub fn attempt(py: Python<'_>, fd: RawFd, op: &mut SockOp) -> Attempt {
             }),
             Err(e) => Attempt::Failed(e),
         },
-        SockOp::SendAll { data, pos, .. } => loop {
+        OpKind::SendAll { data, pos } => loop {
             match send(fd, &data[*pos..]) {
                 Ok(n) => {
                     *pos += n;
@@ -133,9 +129,13 @@ pub fn attempt(py: Python<'_>, fd: RawFd, op: &mut SockOp) -> Attempt {
     }
 }
 
-/// Resolves `fut` with what an attempt produced, unless it is already done (cancelled).
-pub fn resolve(py: Python<'_>, fut: &Py<PyAny>, outcome: Attempt) -> PyResult<()> {
-    let fut = fut.bind(py);
+/// Resolves the operation's future with what an attempt produced, unless it is already
+/// done (cancelled). Its done-callback is removed first: the operation is over.
+pub fn resolve(py: Python<'_>, op: &SockOp, outcome: Attempt) -> PyResult<()> {
+    let fut = op.fut.bind(py);
+    if let Some(cb) = &op.done_cb {
+        fut.call_method1(intern!(py, "remove_done_callback"), (cb,))?;
+    }
     if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
         return Ok(());
     }

@@ -38,7 +38,7 @@ use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::handles::{format_module, Args, Handle, TimerHandle};
 use crate::poller::{IoMap, Ready, Side};
-use crate::sock_ops::{self, SockOp};
+use crate::sock_ops::{self, OpKind, SockOp};
 use crate::timers::TimerHeap;
 
 mod fastcall;
@@ -665,7 +665,7 @@ impl CoreLoop {
         if let Some(data) = sock_ops::first_recv(py, fd, n)? {
             return Ok(data);
         }
-        Self::sock_op_start(slf, fd, Side::Read, |fut| SockOp::Recv { n, fut })
+        Self::sock_op_start(slf, fd, Side::Read, OpKind::Recv { n })
     }
 
     /// Native `sock_recv_into`: an int, a future of it, or `NotImplemented`.
@@ -682,7 +682,7 @@ impl CoreLoop {
             return Ok(n.into_pyobject(py)?.into_any().unbind());
         }
         let buf = buf.clone().unbind();
-        Self::sock_op_start(slf, fd, Side::Read, |fut| SockOp::RecvInto { buf, fut })
+        Self::sock_op_start(slf, fd, Side::Read, OpKind::RecvInto { buf })
     }
 
     /// Native `sock_sendall`: None when everything was sent at once, else a future, or
@@ -715,11 +715,7 @@ impl CoreLoop {
             }
             rest = bytes[sent..].to_vec();
         }
-        Self::sock_op_start(slf, fd, Side::Write, |fut| SockOp::SendAll {
-            data: rest,
-            pos: 0,
-            fut,
-        })
+        Self::sock_op_start(slf, fd, Side::Write, OpKind::SendAll { data: rest, pos: 0 })
     }
 
     /// Schedules a coroutine as an `asyncio.Task` (through the task factory if one is set).

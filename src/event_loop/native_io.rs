@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use super::{CoreLoop, ReadyItem, NATIVE_BIT, SOCK_BIT};
 use crate::errors::os_error;
 use crate::poller::Side;
-use crate::sock_ops::{self, Attempt, SockOp, SockOpDone};
+use crate::sock_ops::{self, Attempt, OpKind, SockOp, SockOpDone};
 use crate::transport::NativeTransport;
 
 impl CoreLoop {
@@ -182,7 +182,7 @@ impl CoreLoop {
         }
         // Put the slot's emptiness into the poller, then resolve (which runs Python code).
         sync_sock_waits(&mut self.state.borrow_mut(py), fd);
-        sock_ops::resolve(py, op.future(), outcome)
+        sock_ops::resolve(py, &op, outcome)
     }
 
     /// Makes the future of a native operation and registers the operation.
@@ -190,22 +190,25 @@ impl CoreLoop {
         slf: &Bound<'_, Self>,
         fd: RawFd,
         side: Side,
-        make: impl FnOnce(Py<PyAny>) -> SockOp,
+        kind: OpKind,
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        let fut = CoreLoop::create_future(slf)?.unbind();
-        let old = slf
-            .get()
-            .sock_op_wait(py, fd, side, make(fut.clone_ref(py)))?;
-        drop(old);
+        let fut = CoreLoop::create_future(slf)?;
         let done = SockOpDone {
             event_loop: slf.clone().unbind(),
             fd,
             read: side == Side::Read,
         };
-        fut.bind(py)
-            .call_method1(intern!(py, "add_done_callback"), (Py::new(py, done)?,))?;
-        Ok(fut)
+        let done = Py::new(py, done)?.into_any();
+        fut.call_method1(intern!(py, "add_done_callback"), (&done,))?;
+        let op = SockOp {
+            kind,
+            fut: fut.clone().unbind(),
+            done_cb: Some(done),
+        };
+        let old = slf.get().sock_op_wait(py, fd, side, op)?;
+        drop(old);
+        Ok(fut.unbind())
     }
 
     /// Queues a turn of reading for a transport.

@@ -191,3 +191,22 @@ pub fn sendto(fd: RawFd, buf: &[u8], addr: Option<&RawAddr>) -> std::io::Result<
         Ok(n as usize)
     }
 }
+
+/// `writev(2)`: gathers `bufs` into one write (at most `IOV_MAX` of them per call).
+pub fn writev(fd: RawFd, bufs: &[&[u8]]) -> std::io::Result<usize> {
+    let iov: Vec<libc::iovec> = bufs
+        .iter()
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: each iovec points into a live slice of `bufs` for the duration of the call;
+    // writev only reads through them.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len().min(1024) as libc::c_int) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}

@@ -208,7 +208,8 @@ impl DatagramTransport {
                         e,
                         "Exception in callback DatagramTransport._read_ready()",
                     )?;
-                    return Ok(false);
+                    // More may be waiting, and no new edge will say so: next iteration.
+                    return Ok(true);
                 }
                 let st = this.state.borrow(py);
                 if st.c.conn_lost > 0 || st.c.closing {

@@ -97,16 +97,58 @@ unsafe extern "C" fn call_soon_vectorcall(
     std::ptr::null_mut()
 }
 
+/// `get_debug()`: asked by every `asyncio.Future` and `Task` as it is created.
+unsafe extern "C" fn get_debug_noargs(
+    slf: *mut ffi::PyObject,
+    _args: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls method implementations with the interpreter attached, `slf`
+    // being a borrowed reference to the instance.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: as above.
+    let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+    match slf.cast::<CoreLoop>() {
+        Ok(this) => pyo3::types::PyBool::new(py, this.get().debug_enabled())
+            .to_owned()
+            .into_ptr(),
+        Err(e) => {
+            PyErr::from(e).restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
 /// Installs the fast methods on `cls` (the `CoreLoop` type).
 pub fn install_fast_methods(cls: &Bound<'_, PyType>) -> PyResult<()> {
-    let def = Box::leak(Box::new(ffi::PyMethodDef {
-        ml_name: c"call_soon".as_ptr(),
-        ml_meth: ffi::PyMethodDefPointer {
-            PyCFunctionFastWithKeywords: call_soon_vectorcall,
+    install(
+        cls,
+        "get_debug",
+        ffi::PyMethodDef {
+            ml_name: c"get_debug".as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                PyCFunction: get_debug_noargs,
+            },
+            ml_flags: ffi::METH_NOARGS,
+            ml_doc: c"get_debug()\n--\n\nWhether the loop is in debug mode.".as_ptr(),
         },
-        ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-        ml_doc: c"call_soon(callback, *args, context=None)\n--\n\nArrange for a callback to be called as soon as possible.".as_ptr(),
-    }));
+    )?;
+    install(
+        cls,
+        "call_soon",
+        ffi::PyMethodDef {
+            ml_name: c"call_soon".as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                PyCFunctionFastWithKeywords: call_soon_vectorcall,
+            },
+            ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+            ml_doc: c"call_soon(callback, *args, context=None)\n--\n\nArrange for a callback to be called as soon as possible.".as_ptr(),
+        },
+    )
+}
+
+/// Puts a method descriptor for `def` on `cls`, replacing the PyO3 method of that name.
+fn install(cls: &Bound<'_, PyType>, name: &str, def: ffi::PyMethodDef) -> PyResult<()> {
+    let def = Box::leak(Box::new(def));
     // SAFETY: `cls` is a live type object and `def` lives for the rest of the process, as a
     // method descriptor requires. The result is a new reference or NULL with an exception.
     let descr = unsafe {
@@ -115,5 +157,5 @@ pub fn install_fast_methods(cls: &Bound<'_, PyType>) -> PyResult<()> {
             ffi::PyDescr_NewMethod(cls.as_type_ptr(), def as *mut ffi::PyMethodDef),
         )?
     };
-    cls.setattr("call_soon", descr)
+    cls.setattr(name, descr)
 }

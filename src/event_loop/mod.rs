@@ -223,6 +223,10 @@ fn repr(obj: &Bound<'_, PyAny>) -> String {
 }
 
 impl CoreLoop {
+    pub(crate) fn debug_enabled(&self) -> bool {
+        self.debug.load(Ordering::Relaxed)
+    }
+
     fn check_closed(&self) -> PyResult<()> {
         if self.closed.load(Ordering::Relaxed) {
             Err(PyRuntimeError::new_err("Event loop is closed"))

@@ -1,20 +1,51 @@
 """Smoke tests of the benchmark harness behind ``python -m ferroloop bench`` (a few seconds)."""
 
 import importlib.util
+import shutil
 
 import pytest
-from ferroloop.bench import contestants, micro, procstat, registry, sock_echo
+from ferroloop.bench import (
+    contestants,
+    echo,
+    floor,
+    http_keepalive,
+    micro,
+    procstat,
+    registry,
+    report,
+    runner,
+    sock_echo,
+    spawn,
+    udp_echo,
+)
 
 CLIENT_LOOP = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
 
 
+def _settings() -> registry.Settings:
+    return registry.Settings(cpus=procstat.allowed_cpus()[:2], timeout=30, client_loop=CLIENT_LOOP)
+
+
 def test_echo_harness_rejects_a_corrupting_server():
     """The echo client verifies every byte: a server that flips or drops one must fail."""
-    settings = registry.Settings(
-        cpus=procstat.allowed_cpus()[:2], timeout=30, client_loop=CLIENT_LOOP
-    )
     lines: list[str] = []
-    assert sock_echo.selftest(settings, log=lines.append), "\n".join(lines)
+    assert sock_echo.selftest(_settings(), log=lines.append), "\n".join(lines)
+    assert len(lines) == 3
+
+
+def test_udp_harness_rejects_a_corrupting_server():
+    lines: list[str] = []
+    assert udp_echo.selftest(_settings(), log=lines.append), "\n".join(lines)
+    assert len(lines) == 3
+
+
+@pytest.mark.skipif(
+    shutil.which("wrk") is None or importlib.util.find_spec("httptools") is None,
+    reason="needs wrk and httptools",
+)
+def test_http_harness_rejects_wrong_answers():
+    lines: list[str] = []
+    assert http_keepalive.selftest(_settings(), log=lines.append), "\n".join(lines)
     assert len(lines) == 3
 
 
@@ -29,13 +60,71 @@ def test_micro_benchmark_runs_in_process(contestant):
     assert result.values["rate"] > 0
 
 
+def test_spawn_benchmark_runs_in_process():
+    loop = contestants.new_loop("asyncio")
+    try:
+        result = micro.run_bench(spawn.bench_spawn_pipe, loop, duration=0.05)
+    finally:
+        contestants.close(loop)
+    assert result.ok, result.detail
+    assert result.values["rate"] > 0
+
+
+@pytest.mark.skipif(shutil.which("cargo") is None, reason="needs cargo to build the floor")
+def test_floor_server_passes_the_echo_harness():
+    built = floor.build()
+    assert built.available, built.detail
+    settings = _settings()
+    argv = floor.command("echo", settings.server_cpu)
+    result = echo.measure_tcp_echo(argv, 10 * 1024, settings, warmup=0.1, duration=0.3)
+    assert result.ok, result.detail
+    assert result.values["server_us"] > 0
+
+
 def test_registry_selection():
     names = [w.name for w in registry.all_workloads()]
     assert len(names) == len(set(names))
     quick = {w.name for w in registry.select_workloads(None, quick=True)}
-    assert {"call_soon", "sock_echo_1k"} <= quick
+    assert {"call_soon", "sock_echo_1k", "echo_protocol_1k", "http_keepalive"} <= quick
     assert "sock_echo_100k" not in quick
     only = registry.select_workloads(["sock_echo", "tasks"], quick=False)
     assert {w.name for w in only} == {"tasks", "sock_echo_1k", "sock_echo_10k", "sock_echo_100k"}
     with pytest.raises(KeyError):
         registry.select_workloads(["no_such_workload"], quick=False)
+    floored = {w.name for w in registry.all_workloads() if w.runs(registry.FLOOR)}
+    assert {"echo_protocol_1k", "echo_protocol_100k", "http_keepalive"} <= floored
+    assert "call_soon" not in floored and "echo_streams_1k" not in floored
+
+
+def test_floor_runs_only_where_a_workload_has_it():
+    """The floor column is measured on workloads listing it and shown as '–' elsewhere."""
+    calls: list[tuple[str, str]] = []
+
+    def measure(name):
+        def run(contestant, settings):
+            calls.append((name, contestant))
+            return registry.Measurement(values={"rate": 2.0 if contestant == "floor" else 1.0})
+
+        return run
+
+    metric = (registry.Metric("rate", "rate", "ops/s"),)
+    workloads = [
+        registry.Workload("plain", "fake", "plain", "", metric, measure("plain")),
+        registry.Workload(
+            "floored", "fake", "floored", "", metric, measure("floored"), extras=("floor",)
+        ),
+    ]
+    plan = runner.Plan(
+        workloads=workloads,
+        contestants=[contestants.Availability(n, True, "1") for n in ("asyncio", "floor")],
+        baseline="asyncio",
+        rounds=2,
+        settings=registry.Settings(),
+    )
+    results = runner.run(plan, log=lambda line: None)
+    assert ("plain", "floor") not in calls
+    assert calls.count(("floored", "floor")) == 2
+    assert results.ratio("floored", "floor", metric[0]) == 2.0
+    table, _, _ = report.table(results)
+    assert "| plain | rate ↑ | 1 | – |" in table
+    assert "**floor**: not an event loop" in report.markdown(results)

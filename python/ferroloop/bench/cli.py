@@ -7,7 +7,21 @@ import json
 import sys
 from pathlib import Path
 
-from . import contestants, procstat, registry, report, runner, sock_echo, subproc
+from . import (
+    contestants,
+    floor,
+    http_keepalive,
+    procstat,
+    registry,
+    report,
+    runner,
+    sock_echo,
+    subproc,
+    udp_echo,
+)
+
+#: What --loops accepts: the event loops, then the non-loop contestants.
+_CONTESTANTS: tuple[str, ...] = contestants.KNOWN + registry.NON_LOOPS
 
 
 def _names(text: str) -> list[str]:
@@ -18,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="short run (about 1-2 minutes): fewer rounds, shorter measurements, 1 KiB echo only",
+        help="short run (about 2 minutes): fewer rounds, shorter measurements, 1 KiB sizes only",
     )
     parser.add_argument(
         "--only",
@@ -33,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--loops",
         type=_names,
         metavar="LOOP,...",
-        help=f"contestants, from {', '.join(contestants.KNOWN)} (default: all that are "
-        "installed; asyncio and ferroloop are always shown)",
+        help=f"contestants, from {', '.join(_CONTESTANTS)} (default: all that are "
+        "installed; asyncio and ferroloop are always shown; floor is the Rust epoll server "
+        "without Python, built with cargo, on the workloads that have one)",
     )
     parser.add_argument(
         "--output",
@@ -49,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--selftest",
         action="store_true",
-        help="check that the echo harness rejects a corrupting server, then exit",
+        help="check that the TCP echo, UDP echo and HTTP harnesses reject corrupting "
+        "servers, then exit",
     )
     parser.add_argument(
         "--no-snapshot",
@@ -113,23 +129,42 @@ def _main(args: argparse.Namespace) -> int:
     if args.list:
         for w in registry.all_workloads():
             runs = "quick+default" if w.quick else "default" if w.default else "on request"
-            print(f"{w.name:<16} [{w.family}, {runs}] {w.description}")
+            extras = "".join(f", +{x}" for x in w.extras)
+            print(f"{w.name:<18} [{w.family}, {runs}{extras}] {w.description}")
         return 0
     settings = _settings(args)
     if args.selftest:
-        return 0 if sock_echo.selftest(settings, _log) else 1
+        passed = [
+            family.selftest(settings, _log) for family in (sock_echo, udp_echo, http_keepalive)
+        ]
+        return 0 if all(passed) else 1
     try:
         workloads = registry.select_workloads(args.only, args.quick)
     except KeyError as exc:
         _log(f"error: {exc.args[0]}")
         return 2
-    unknown = [n for n in args.loops or () if n not in contestants.KNOWN]
+    unknown = [n for n in args.loops or () if n not in _CONTESTANTS]
     if unknown:
-        _log(f"error: unknown loop(s) {', '.join(unknown)}; known: {', '.join(contestants.KNOWN)}")
+        _log(f"error: unknown loop(s) {', '.join(unknown)}; known: {', '.join(_CONTESTANTS)}")
         return 2
-    available = _probe(args.loops or list(contestants.KNOWN), explicit=bool(args.loops))
+    loops = [n for n in args.loops or contestants.KNOWN if n in contestants.KNOWN]
+    available = _probe(loops, explicit=bool(args.loops))
+    wants_floor = args.loops is None or registry.FLOOR in args.loops
+    if wants_floor and any(w.runs(registry.FLOOR) for w in workloads):
+        _log("contestant floor: building benchmarks/floor with cargo ...")
+        availability = floor.build()
+        _log(
+            f"contestant floor: {availability.version}"
+            if availability.available
+            else f"contestant floor: unavailable ({availability.detail})"
+        )
+        if availability.available or args.loops:
+            available.append(availability)
     names = [c.name for c in available if c.available]
-    baseline = next((b for b in contestants.BASELINES if b in names), names[0] if names else None)
+    loop_names = [n for n in names if n not in registry.NON_LOOPS]
+    baseline = next(
+        (b for b in contestants.BASELINES if b in loop_names), loop_names[0] if loop_names else None
+    )
     rounds = args.rounds or (3 if args.quick else 5)
     plan = runner.Plan(
         workloads=workloads,

@@ -12,6 +12,8 @@ so differences between loops come from the loop: scheduling, dispatch, timers, f
 from __future__ import annotations
 
 import asyncio
+import importlib
+import resource
 import time
 from collections.abc import Awaitable, Callable
 
@@ -231,16 +233,35 @@ def run_in_process(
     name: str, loop: asyncio.AbstractEventLoop, duration: float, warmup: float = 0.0
 ) -> Measurement:
     """Warm up and measure benchmark ``name`` on ``loop`` in the calling process."""
-    bench = BENCHES[name][0]
+    return run_bench(BENCHES[name][0], loop, duration, warmup)
+
+
+def _children_cpu_ns() -> int:
+    """CPU time of this process's reaped children (e.g. spawned subprocesses), in ns."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return int((usage.ru_utime + usage.ru_stime) * 1e9)
+
+
+def run_bench(
+    bench: Bench, loop: asyncio.AbstractEventLoop, duration: float, warmup: float = 0.0
+) -> Measurement:
+    """Warm up and measure ``bench`` on ``loop`` in the calling process.
+
+    Besides the rate, records this process's CPU time per operation (``cpu_us``) and the CPU
+    time of the children it reaped meanwhile (``children_us``, per operation), which is not
+    counted as interference.
+    """
     try:
         if warmup > 0:
             contestants.run(loop, bench(loop, warmup))
         cpus = procstat.allowed_cpus()
         busy_before = procstat.cpu_busy_ns(cpus)
+        children_before = _children_cpu_ns()
         before = procstat.snapshot()
         ops, seconds = contestants.run(loop, bench(loop, duration))
         usage = procstat.snapshot() - before
-        others = procstat.cpu_busy_ns(cpus) - busy_before - usage.cpu_ns
+        children = _children_cpu_ns() - children_before
+        others = procstat.cpu_busy_ns(cpus) - busy_before - usage.cpu_ns - children
     except Exception as exc:
         status = UNSUPPORTED if contestants.is_unsupported(exc, loop) else ERROR
         return Measurement(status, detail=contestants.describe_exception(exc))
@@ -250,6 +271,8 @@ def run_in_process(
         OK,
         values={
             "rate": ops / seconds,
+            "cpu_us": usage.cpu_ns / ops / 1000,
+            "children_us": children / ops / 1000,
             "ops": float(ops),
             "seconds": seconds,
             "delayed": usage.delayed,
@@ -259,26 +282,39 @@ def run_in_process(
 
 
 def child_measure(
-    name: str, contestant: str, duration: float, warmup: float, cpu: int | None
+    name: str,
+    contestant: str,
+    duration: float,
+    warmup: float,
+    cpu: int | None,
+    module: str = "micro",
 ) -> dict:
-    """Child-process side of a micro measurement (see ``_child.py``)."""
+    """Child-process side of an in-process measurement (see ``_child.py``): benchmark ``name``
+    of ``ferroloop.bench.<module>.BENCHES``."""
     procstat.pin_to_cpu(cpu)
+    benches = importlib.import_module(f"{__package__}.{module}").BENCHES
     loop = contestants.new_loop(contestant)
     try:
-        return run_in_process(name, loop, duration, warmup).to_json()
+        return run_bench(benches[name][0], loop, duration, warmup).to_json()
     finally:
         contestants.close(loop)
 
 
-def _measurer(name: str) -> Callable[[str, Settings], Measurement]:
+def measurer(
+    name: str, module: str = "micro", seconds: tuple[float, float] = (0.25, 0.6)
+) -> Callable[[str, Settings], Measurement]:
+    """``measure(contestant, settings)`` of an in-process benchmark: a fresh process pinned to
+    the first CPU runs it for ``seconds`` (quick, normal) after a quarter as long of warm-up."""
+
     def measure(contestant: str, settings: Settings) -> Measurement:
-        duration = (0.25 if settings.quick else 0.6) * settings.time_scale
+        duration = seconds[0 if settings.quick else 1] * settings.time_scale
         kwargs = {
             "name": name,
             "contestant": contestant,
             "duration": duration,
             "warmup": duration / 4,
             "cpu": settings.server_cpu,
+            "module": module,
         }
         try:
             result = subproc.run_child("micro", "child_measure", kwargs, settings.timeout)
@@ -297,7 +333,7 @@ def _workload(name: str) -> Workload:
         title=title,
         description=" ".join((bench.__doc__ or "").split()),
         metrics=(Metric("rate", unit, unit, "higher", "rate"),),
-        measure=_measurer(name),
+        measure=measurer(name),
     )
 
 

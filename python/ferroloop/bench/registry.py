@@ -16,7 +16,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 #: Modules of ``ferroloop.bench`` that define workloads, in report order.
-FAMILIES: tuple[str, ...] = ("micro", "sock_echo")
+FAMILIES: tuple[str, ...] = (
+    "micro",
+    "spawn",
+    "tcp_echo",
+    "sock_echo",
+    "http_keepalive",
+    "udp_echo",
+)
+
+#: The contestant that is no event loop: a plain Rust epoll server (``benchmarks/floor``), the
+#: floor under any loop's figure.  Only workloads that name it in :attr:`Workload.extras` run it.
+FLOOR = "floor"
+#: Contestants that are not event loops, so run only where a workload asks for them.
+NON_LOOPS: tuple[str, ...] = (FLOOR,)
 
 OK = "ok"
 UNSUPPORTED = "unsupported"  # the loop lacks a feature the workload needs
@@ -121,10 +134,16 @@ class Workload:
     measure: Callable[[str, Settings], Measurement]
     default: bool = True
     quick: bool = True
+    #: Non-loop contestants (:data:`NON_LOOPS`) this workload can also measure, e.g. the floor.
+    extras: tuple[str, ...] = ()
 
     @property
     def primary(self) -> Metric:
         return self.metrics[0]
+
+    def runs(self, contestant: str) -> bool:
+        """Whether this workload measures ``contestant`` (every loop; non-loops on request)."""
+        return contestant not in NON_LOOPS or contestant in self.extras
 
 
 def all_workloads() -> list[Workload]:

@@ -6,7 +6,7 @@ import os
 import platform
 
 from . import procstat
-from .registry import Measurement, Metric, Workload
+from .registry import FLOOR, Measurement, Metric, Workload
 from .runner import Results, format_value
 
 CLIENT_BUSY_MARK = "†"
@@ -141,6 +141,13 @@ def markdown(results: Results) -> str:
             f"{DISTURBED_MARK} no undisturbed round (or pair of rounds, for the ratio) was left: "
             f"other work took > {plan.disturbed * 100:.0f} % of a CPU in each of "
             f"{plan.attempts} attempts; the figure uses the least disturbed attempts."
+        )
+    if any(c.name == FLOOR and c.available for c in plan.contestants):
+        legend.append(
+            f"**{FLOOR}**: not an event loop but a plain Rust epoll server with no Python "
+            "([benchmarks/floor](../benchmarks/floor/src/main.rs)) under the same load "
+            "generator: about the kernel's own cost per request, the floor under any loop. "
+            "Measured on the workloads that have such a server (– elsewhere)."
         )
     if legend:
         out += ["", "  \n".join(legend)]

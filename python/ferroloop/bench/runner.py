@@ -127,12 +127,13 @@ class Results:
             return False
         return not any(self._clean(a) and self._clean(b) for a, b in pairs)
 
-    def needs_more(self, workload: str) -> bool:
+    def needs_more(self, workload: Workload) -> bool:
         """Whether some working cell of ``workload`` has too few undisturbed rounds."""
         want = (self.plan.rounds + 1) // 2
         return any(
-            self.failure(workload, c) is None and self.clean_rounds(workload, c) < want
+            self.failure(workload.name, c) is None and self.clean_rounds(workload.name, c) < want
             for c in self.plan.runnable
+            if workload.runs(c)
         )
 
 
@@ -176,7 +177,7 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Results:
 
     results = Results(plan)
     names = plan.runnable
-    total = len(plan.workloads) * plan.rounds * len(names)
+    total = plan.rounds * sum(w.runs(c) for w in plan.workloads for c in names)
     done = 0
     started = time.perf_counter()
     width = max((len(w.name) for w in plan.workloads), default=8)
@@ -186,13 +187,15 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Results:
         # The planned rounds, then make-up rounds (at most half as many again) while too few
         # rounds of some cell were measured undisturbed.
         while index < plan.rounds or (
-            index < plan.rounds + (plan.rounds + 1) // 2 and results.needs_more(workload.name)
+            index < plan.rounds + (plan.rounds + 1) // 2 and results.needs_more(workload)
         ):
             makeup = index >= plan.rounds
             if makeup:
                 log(f"{workload.name}: too few undisturbed rounds, adding a round")
             shift = index % len(names) if names else 0
             for contestant in names[shift:] + names[:shift]:
+                if not workload.runs(contestant):
+                    continue  # e.g. the floor, which has no such server
                 done += not makeup
                 kept = results.rounds.setdefault((workload.name, contestant), [])
                 if any(k.measurement.status in (UNSUPPORTED, ERROR) for k in kept):

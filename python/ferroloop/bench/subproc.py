@@ -56,8 +56,13 @@ def start(
     module: str, function: str, kwargs: dict[str, Any], stderr: IO[bytes] | None = None
 ) -> subprocess.Popen[str]:
     """Start a child whose stdout is a text pipe (for protocols of several JSON lines)."""
+    return start_argv(command(module, function, kwargs), stderr)
+
+
+def start_argv(argv: list[str], stderr: IO[bytes] | None = None) -> subprocess.Popen[str]:
+    """Start any program (a Python child or e.g. the floor server) with stdout a text pipe."""
     return subprocess.Popen(
-        command(module, function, kwargs),
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=stderr,

@@ -439,6 +439,8 @@ impl CoreLoop {
             let r = py.detach(|| poll.poll(events, timeout));
             self.sleeping.store(false, Ordering::SeqCst);
             self.wake_pending.store(false, Ordering::SeqCst);
+            // This poll counts for the busy-poll interval too.
+            self.state.borrow_mut(py).last_poll = monotonic();
             r
         };
         match result {

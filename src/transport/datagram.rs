@@ -445,10 +445,13 @@ impl DatagramTransport {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let bytes: Vec<u8> = if let Ok(b) = data.cast::<PyBytes>() {
-            b.as_bytes().to_vec()
+        // `bytes` are used in place; a mutable buffer is copied (it may change meanwhile).
+        let copied: Vec<u8>;
+        let bytes: &[u8] = if let Ok(b) = data.cast::<PyBytes>() {
+            b.as_bytes()
         } else if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-            pyo3::buffer::PyBuffer::<u8>::get(data)?.to_vec(py)?
+            copied = pyo3::buffer::PyBuffer::<u8>::get(data)?.to_vec(py)?;
+            &copied
         } else {
             return Err(PyTypeError::new_err(format!(
                 "data argument must be a bytes-like object, not '{}'",
@@ -502,7 +505,7 @@ impl DatagramTransport {
         };
         let idle = this.state.borrow(py).queue.is_empty();
         if idle {
-            match Self::send_one(slf, &bytes, &dest) {
+            match Self::send_one(slf, bytes, &dest) {
                 Ok(true) => return Ok(()),
                 Ok(false) => set_interest(this, py, true, true)?,
                 Err(e) => return Self::send_failed(slf, e),
@@ -511,7 +514,7 @@ impl DatagramTransport {
         {
             let mut st = this.state.borrow_mut(py);
             st.queued += bytes.len();
-            st.queue.push_back((bytes, dest));
+            st.queue.push_back((bytes.to_vec(), dest));
         }
         Self::flow_control(slf, true)
     }

@@ -484,58 +484,82 @@ impl StreamTransport {
     }
 
     fn write_bytes(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
+        if !Self::write_allowed(slf, data.is_empty())? {
+            return Ok(());
+        }
+        let outcome = slf.get().send_or_buffer(slf.py(), data);
+        Self::after_write(slf, outcome)
+    }
+
+    /// asyncio's checks before a write. `Ok(false)`: drop the data silently (nothing to
+    /// send, or the connection is lost, counting such writes and warning as asyncio does).
+    fn write_allowed(slf: &Bound<'_, Self>, empty: bool) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
-        {
-            let mut st = this.state.borrow_mut(py);
-            if st.eof {
-                return Err(PyRuntimeError::new_err(
-                    "Cannot call write() after write_eof()",
-                ));
-            }
-            if st.empty_waiter.is_some() {
-                return Err(PyRuntimeError::new_err(
-                    "unable to write; sendfile is in progress",
-                ));
-            }
-            if data.is_empty() {
-                return Ok(());
-            }
-            // A pipe also refuses writes once closing (asyncio's pipe transport does).
-            if st.c.conn_lost > 0 || (this.kind != Kind::Socket && st.c.closing) {
-                st.c.conn_lost += 1;
-                let warn = st.c.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES;
-                drop(st);
-                if warn {
-                    let message = match this.kind {
-                        Kind::Socket => "socket.send() raised exception.",
-                        _ => "pipe closed by peer or os.write(pipe, data) raised exception.",
-                    };
-                    crate::handles::format_module(py)?
-                        .call_method0(intern!(py, "logger"))?
-                        .call_method1(intern!(py, "warning"), (message,))?;
-                }
-                return Ok(());
-            }
+        let mut st = this.state.borrow_mut(py);
+        if st.eof {
+            return Err(PyRuntimeError::new_err(
+                "Cannot call write() after write_eof()",
+            ));
         }
+        if st.empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err(
+                "unable to write; sendfile is in progress",
+            ));
+        }
+        if empty {
+            return Ok(false);
+        }
+        // A pipe also refuses writes once closing (asyncio's pipe transport does).
+        if st.c.conn_lost > 0 || (this.kind != Kind::Socket && st.c.closing) {
+            st.c.conn_lost += 1;
+            let warn = st.c.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+            drop(st);
+            if warn {
+                let message = match this.kind {
+                    Kind::Socket => "socket.send() raised exception.",
+                    _ => "pipe closed by peer or os.write(pipe, data) raised exception.",
+                };
+                crate::handles::format_module(py)?
+                    .call_method0(intern!(py, "logger"))?
+                    .call_method1(intern!(py, "warning"), (message,))?;
+            }
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Sends what the kernel takes now and buffers the rest; `Ok(true)` if something was
+    /// buffered. No Python code runs here, so `data` may point into a mutable buffer.
+    fn send_or_buffer(&self, py: Python<'_>, data: &[u8]) -> std::io::Result<bool> {
         let mut rest = data;
-        if this.state.borrow(py).buffered() == 0 {
-            match this.write_some(data) {
-                Ok(n) if n == data.len() => return Ok(()),
+        if self.state.borrow(py).buffered() == 0 {
+            match self.write_some(data) {
+                Ok(n) if n == data.len() => return Ok(false),
                 Ok(n) => rest = &data[n..],
                 Err(e) if would_block(&e) => {}
-                Err(e) => {
-                    return fatal_error(
-                        slf,
-                        os_error(e),
-                        &format!("Fatal write error on {} transport", this.kind.noun()),
-                    );
-                }
+                Err(e) => return Err(e),
             }
         }
-        this.state.borrow_mut(py).buffer.extend_from_slice(rest);
-        set_interest(this, py, true, true)?;
-        Self::maybe_pause_protocol(slf)
+        self.state.borrow_mut(py).buffer.extend_from_slice(rest);
+        Ok(true)
+    }
+
+    /// What follows a write: a failure is fatal; buffered data wants writable readiness and
+    /// may pause the protocol.
+    fn after_write(slf: &Bound<'_, Self>, outcome: std::io::Result<bool>) -> PyResult<()> {
+        let this = slf.get();
+        match outcome {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                set_interest(this, slf.py(), true, true)?;
+                Self::maybe_pause_protocol(slf)
+            }
+            Err(e) => {
+                let msg = format!("Fatal write error on {} transport", this.kind.noun());
+                fatal_error(slf, os_error(e), &msg)
+            }
+        }
     }
 }
 
@@ -643,8 +667,24 @@ impl StreamTransport {
         }
         if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
             let buf = PyBuffer::<u8>::get(data)?;
-            let bytes = buf.to_vec(py)?;
-            return Self::write_bytes(slf, &bytes);
+            if !Self::write_allowed(slf, buf.len_bytes() == 0)? {
+                return Ok(());
+            }
+            let outcome = if buf.is_c_contiguous() {
+                // SAFETY: the buffer is C-contiguous and `len_bytes` long; `buf` holds the
+                // export (so the object cannot be resized) until after the slice's last use,
+                // and no Python code runs while the slice lives (`send_or_buffer` only makes
+                // syscalls and copies what is left into our own buffer).
+                let slice = unsafe {
+                    std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes())
+                };
+                slf.get().send_or_buffer(py, slice)
+            } else {
+                let bytes = buf.to_vec(py)?;
+                slf.get().send_or_buffer(py, &bytes)
+            };
+            drop(buf);
+            return Self::after_write(slf, outcome);
         }
         Err(PyTypeError::new_err(format!(
             "data argument must be a bytes-like object, not {:?}",

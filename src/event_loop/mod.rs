@@ -955,12 +955,6 @@ impl CoreLoop {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    /// How many callbacks are ready and timers scheduled (for tests and diagnostics).
-    fn _queue_sizes(&self, py: Python<'_>) -> (usize, usize, usize) {
-        let st = self.state.borrow(py);
-        (st.ready.len(), st.timers.len(), st.io.len())
-    }
-
     /// Runs iterations until `stop()`; the body of `run_forever` (whose Python part sets
     /// up the running-loop and async-generator hooks around it).
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {

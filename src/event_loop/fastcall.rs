@@ -29,7 +29,9 @@ fn call_soon(
 ) -> PyResult<*mut ffi::PyObject> {
     // SAFETY: CPython passes the bound instance as a borrowed reference.
     let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
-    let this = slf.cast::<CoreLoop>()?;
+    // SAFETY: a method descriptor checks that `self` is an instance of the type it was made
+    // for (`CoreLoop`, or a subclass) before calling its function.
+    let this = unsafe { slf.cast_unchecked::<CoreLoop>() };
     let nargs = usize::try_from(nargs).unwrap_or(0);
     let nkw = if kwnames.is_null() {
         0
@@ -107,15 +109,11 @@ unsafe extern "C" fn get_debug_noargs(
     let py = unsafe { Python::assume_attached() };
     // SAFETY: as above.
     let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
-    match slf.cast::<CoreLoop>() {
-        Ok(this) => pyo3::types::PyBool::new(py, this.get().debug_enabled())
-            .to_owned()
-            .into_ptr(),
-        Err(e) => {
-            PyErr::from(e).restore(py);
-            std::ptr::null_mut()
-        }
-    }
+    // SAFETY: the method descriptor checked that `self` is a `CoreLoop` (see `call_soon`).
+    let this = unsafe { slf.cast_unchecked::<CoreLoop>() };
+    pyo3::types::PyBool::new(py, this.get().debug_enabled())
+        .to_owned()
+        .into_ptr()
 }
 
 /// Installs the fast methods on `cls` (the `CoreLoop` type).

@@ -15,7 +15,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyFloat, PyTuple};
 
 use crate::gil_cell::GilCell;
 use crate::timers::Cancellable;
@@ -330,6 +330,8 @@ impl Handle {
 #[pyclass(extends = Handle, frozen, freelist = 1024, module = "ferroloop._ferroloop")]
 pub struct TimerHandle {
     when: f64,
+    /// The deadline as given to `call_at`, when that was not a float.
+    when_obj: Option<Py<PyAny>>,
     /// In the loop's heap (set when pushed, cleared when popped).
     scheduled: AtomicBool,
     /// Shared with the loop: how many scheduled timers were cancelled since it last looked.
@@ -337,16 +339,13 @@ pub struct TimerHandle {
 }
 
 impl TimerHandle {
-    pub fn new(when: f64, counter: Arc<AtomicUsize>) -> TimerHandle {
+    pub fn new(when: f64, when_obj: Option<Py<PyAny>>, counter: Arc<AtomicUsize>) -> TimerHandle {
         TimerHandle {
             when,
+            when_obj,
             scheduled: AtomicBool::new(true),
             cancelled_counter: counter,
         }
-    }
-
-    pub fn when_value(&self) -> f64 {
-        self.when
     }
 
     pub fn set_unscheduled(&self) {
@@ -365,8 +364,11 @@ impl Cancellable for Py<TimerHandle> {
 
 #[pymethods]
 impl TimerHandle {
-    fn when(&self) -> f64 {
-        self.when
+    fn when(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match &self.when_obj {
+            Some(w) => Ok(w.clone_ref(py)),
+            None => Ok(PyFloat::new(py, self.when).into_any().unbind()),
+        }
     }
 
     /// `asyncio.TimerHandle` (see `Handle.__class__`).
@@ -376,8 +378,8 @@ impl TimerHandle {
     }
 
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.when(py)
     }
 
     #[getter]
@@ -392,8 +394,9 @@ impl TimerHandle {
         }
     }
 
-    fn __hash__(&self) -> u64 {
-        self.when.to_bits()
+    /// `hash(self.when())`, as asyncio's.
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        self.when(py)?.bind(py).hash()
     }
 
     fn __richcmp__(

@@ -27,11 +27,11 @@ use std::time::Duration;
 
 use mio::{Events, Poll, Registry, Token, Waker};
 use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyInt, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
@@ -155,8 +155,10 @@ pub struct CoreLoop {
     timers_cancelled: Arc<AtomicUsize>,
 }
 
-/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`.
-pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`. A number too large for
+/// an fd is returned as is: registering it fails (OverflowError, as epoll's does), and
+/// looking it up finds nothing.
+pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<i64> {
     let fd: i64 = if obj.is_instance_of::<PyInt>() {
         obj.extract()?
     } else {
@@ -165,12 +167,12 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             .and_then(|f| f.extract::<i64>())
             .map_err(|_| invalid())?
     };
-    if fd < 0 || fd > i64::from(i32::MAX) {
+    if fd < 0 {
         return Err(PyValueError::new_err(format!(
             "Invalid file descriptor: {fd}"
         )));
     }
-    Ok(fd as RawFd)
+    Ok(fd)
 }
 
 /// `asyncio.Future` and `asyncio.Task` (the C implementations when CPython has them), and
@@ -293,7 +295,8 @@ impl CoreLoop {
         &self,
         py: Python<'_>,
         method: &str,
-        when: f64,
+        // The deadline, and the object it was given as when that was not a float.
+        (when, when_obj): (f64, Option<Py<PyAny>>),
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
@@ -304,8 +307,11 @@ impl CoreLoop {
         }
         let debug = self.debug.load(Ordering::Relaxed);
         let base = Handle::new(py, callback, Args::from_tuple(args), context, debug, false)?;
-        let init = PyClassInitializer::from(base)
-            .add_subclass(TimerHandle::new(when, self.timers_cancelled.clone()));
+        let init = PyClassInitializer::from(base).add_subclass(TimerHandle::new(
+            when,
+            when_obj,
+            self.timers_cancelled.clone(),
+        ));
         let timer = Py::new(py, init)?;
         self.state
             .borrow_mut(py)
@@ -337,7 +343,8 @@ impl CoreLoop {
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
     ) -> PyResult<()> {
-        let fd = fileobj_to_fd(fd)?;
+        let fd = RawFd::try_from(fileobj_to_fd(fd)?)
+            .map_err(|_| PyOverflowError::new_err("Python int too large to convert to C int"))?;
         self.ensure_fd_no_transport(py, fd)?;
         self.check_closed()?;
         let handle = self.new_handle(py, callback, Args::from_tuple(args), None, true)?;
@@ -368,7 +375,9 @@ impl CoreLoop {
     }
 
     fn remove_io(&self, py: Python<'_>, fd: &Bound<'_, PyAny>, side: Side) -> PyResult<bool> {
-        let fd = fileobj_to_fd(fd)?;
+        let Ok(fd) = RawFd::try_from(fileobj_to_fd(fd)?) else {
+            return Ok(false);
+        };
         self.ensure_fd_no_transport(py, fd)?;
         if self.closed.load(Ordering::Relaxed) {
             return Ok(false);
@@ -832,8 +841,14 @@ impl CoreLoop {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let when = monotonic() + delay.extract::<f64>()?;
-        self.schedule_timer(py, "call_later", when, callback, args, context)
+        // `loop.time() + delay`, as asyncio computes it: ints and floats directly, anything
+        // else through Python's `+` (a Decimal is refused, a numpy float accepted).
+        let when = if delay.is_instance_of::<PyFloat>() || delay.is_instance_of::<PyInt>() {
+            monotonic() + delay.extract::<f64>()?
+        } else {
+            PyFloat::new(py, monotonic()).add(delay)?.extract::<f64>()?
+        };
+        self.schedule_timer(py, "call_later", (when, None), callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -848,7 +863,10 @@ impl CoreLoop {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        self.schedule_timer(py, "call_at", when.extract()?, callback, args, context)
+        // `when()` gives back what was passed (asyncio keeps the object).
+        let original = (!when.is_exact_instance_of::<PyFloat>()).then(|| when.clone().unbind());
+        let deadline = (when.extract()?, original);
+        self.schedule_timer(py, "call_at", deadline, callback, args, context)
     }
 
     #[pyo3(signature = (fd, callback, *args))]
@@ -883,7 +901,9 @@ impl CoreLoop {
 
     /// The reader handle registered for `fd`, if any (for diagnostics and tests).
     fn _get_reader(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<Option<Py<Handle>>> {
-        let fd = fileobj_to_fd(fd)?;
+        let Ok(fd) = RawFd::try_from(fileobj_to_fd(fd)?) else {
+            return Ok(None);
+        };
         Ok(self
             .state
             .borrow(py)
@@ -893,7 +913,9 @@ impl CoreLoop {
     }
 
     fn _get_writer(&self, py: Python<'_>, fd: &Bound<'_, PyAny>) -> PyResult<Option<Py<Handle>>> {
-        let fd = fileobj_to_fd(fd)?;
+        let Ok(fd) = RawFd::try_from(fileobj_to_fd(fd)?) else {
+            return Ok(None);
+        };
         Ok(self
             .state
             .borrow(py)

@@ -7,19 +7,9 @@ import socket
 import struct
 
 import pytest
+from _netkit import ipv6_loopback_available
 
 FAR = 10
-
-
-def ipv6_loopback_available():
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture

@@ -4,6 +4,15 @@
 
 use std::os::fd::RawFd;
 
+/// A syscall's `ssize_t` result: `-1` becomes the `errno` error.
+fn cvt(n: isize) -> std::io::Result<usize> {
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Runs `f` with this thread's receive buffer, at least `len` bytes long. Reading into it
 /// and copying out exactly what arrived beats allocating (and zeroing) `len` bytes per read.
 pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
@@ -33,11 +42,7 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes; `fd` is a socket owned by the
     // transport's socket object, open while the transport is not closed.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    cvt(n)
 }
 
 /// `read(2)`, for pipes and character devices (`recv` needs a socket).
@@ -45,11 +50,7 @@ pub fn read_fd(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes; `fd` is owned by the
     // transport's pipe object, open while the transport is not closed.
     let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    cvt(n)
 }
 
 /// `write(2)`, for pipes and character devices. Python ignores SIGPIPE, so a reader that
@@ -57,22 +58,14 @@ pub fn read_fd(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
 pub fn write_fd(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes; see `read_fd` for the fd.
     let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    cvt(n)
 }
 
 pub fn send(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes; see `recv` for the fd.
     // MSG_NOSIGNAL: a peer that went away must give EPIPE, not kill the process.
     let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    cvt(n)
 }
 
 /// A socket address as the kernel gives or takes it.
@@ -160,11 +153,7 @@ pub fn recvfrom(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, RawAddr)> 
             &mut addr.len,
         )
     };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok((n as usize, addr))
-    }
+    cvt(n).map(|n| (n, addr))
 }
 
 /// `sendto(2)`, or `send(2)` when `addr` is `None` (a connected socket).
@@ -185,11 +174,7 @@ pub fn sendto(fd: RawFd, buf: &[u8], addr: Option<&RawAddr>) -> std::io::Result<
             len,
         )
     };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    cvt(n)
 }
 
 /// `writev(2)`: gathers `bufs` into one write (at most `IOV_MAX` of them per call).
@@ -204,9 +189,5 @@ pub fn writev(fd: RawFd, bufs: &[&[u8]]) -> std::io::Result<usize> {
     // SAFETY: each iovec points into a live slice of `bufs` for the duration of the call;
     // writev only reads through them.
     let n = unsafe { libc::writev(fd, iov.as_ptr(), iov.len().min(1024) as libc::c_int) };
-    if n < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    cvt(n)
 }

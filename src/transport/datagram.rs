@@ -131,13 +131,7 @@ impl DatagramTransport {
         let this = slf.get();
         if !this.inet {
             // Unix datagram sockets: the socket object knows how to spell the address.
-            let sock = this
-                .state
-                .borrow(py)
-                .c
-                .sock
-                .as_ref()
-                .map(|s| s.clone_ref(py));
+            let sock = this.sock_obj(py);
             let Some(sock) = sock else {
                 return Ok(Received::Again);
             };
@@ -253,13 +247,7 @@ impl DatagramTransport {
             Dest::Peer => sendto(this.fd, data, None),
             Dest::Raw(a) => sendto(this.fd, data, Some(a)),
             Dest::Py(addr) => {
-                let sock = this
-                    .state
-                    .borrow(py)
-                    .c
-                    .sock
-                    .as_ref()
-                    .map(|s| s.clone_ref(py));
+                let sock = this.sock_obj(py);
                 let Some(sock) = sock else { return Ok(true) };
                 return match sock
                     .bind(py)

@@ -150,6 +150,11 @@ pub trait Transport: pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::True>
     fn loop_of(&self, py: Python<'_>) -> Py<CoreLoop> {
         self.common(py).event_loop.clone_ref(py)
     }
+
+    /// The socket (or pipe) object, while the transport has not closed it.
+    fn sock_obj(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.common(py).sock.as_ref().map(|s| s.clone_ref(py))
+    }
 }
 
 /// Turns writable interest on or off, or with neither side wanted, forgets the

@@ -869,12 +869,7 @@ impl StreamTransport {
     /// The socket object (for `loop.sendfile`'s native path).
     #[getter]
     fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state
-            .borrow(py)
-            .c
-            .sock
-            .as_ref()
-            .map(|s| s.clone_ref(py))
+        self.sock_obj(py)
     }
 
     #[getter]

@@ -76,7 +76,7 @@ def test_floor_server_passes_the_echo_harness():
     assert built.available, built.detail
     settings = _settings()
     argv = floor.command("echo", settings.server_cpu)
-    result = echo.measure_tcp_echo(argv, 10 * 1024, settings, warmup=0.1, duration=0.3)
+    result = echo.measure_echo("echo", argv, 10 * 1024, settings, warmup=0.1, duration=0.3)
     assert result.ok, result.detail
     assert result.values["server_us"] > 0
 

@@ -417,7 +417,8 @@ def run_load_generator(
     return Measurement.from_json(result)
 
 
-def measure_tcp_echo(
+def measure_echo(
+    client_module: str,
     server_argv: list[str],
     size: int,
     settings: Settings,
@@ -425,7 +426,8 @@ def measure_tcp_echo(
     duration: float | None = None,
     stall_timeout: float = 5.0,
 ) -> Measurement:
-    """One TCP echo measurement of the server ``server_argv`` under :func:`client`."""
+    """One echo measurement of the server ``server_argv`` under ``client_module``'s
+    ``client`` load generator (TCP: this module's :func:`client`; UDP: ``udp_echo``'s)."""
     default_warmup, default_duration = measured_times(settings)
     warmup = default_warmup if warmup is None else warmup
     duration = default_duration if duration is None else duration
@@ -443,7 +445,7 @@ def measure_tcp_echo(
             "server_cpu": settings.server_cpu,
         }
         seconds = warmup + duration + stall_timeout
-        return run_load_generator("echo", "client", kwargs, settings, seconds)
+        return run_load_generator(client_module, "client", kwargs, settings, seconds)
 
     return with_server(server_argv, settings, drive)
 

@@ -92,7 +92,7 @@ def measure_echo(
     argv = echo.python_server(
         "sock_echo", "server", contestant=contestant, cpu=settings.server_cpu, corrupt=corrupt
     )
-    return echo.measure_tcp_echo(argv, size, settings, warmup, duration, stall_timeout)
+    return echo.measure_echo("echo", argv, size, settings, warmup, duration, stall_timeout)
 
 
 def _measurer(size: int) -> Callable[[str, Settings], Measurement]:

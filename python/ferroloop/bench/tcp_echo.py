@@ -139,7 +139,7 @@ def measure_echo(
             cpu=settings.server_cpu,
             corrupt=corrupt,
         )
-    return echo.measure_tcp_echo(argv, size, settings)
+    return echo.measure_echo("echo", argv, size, settings)
 
 
 _KINDS = {

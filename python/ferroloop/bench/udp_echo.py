@@ -181,26 +181,9 @@ def measure_udp(
         argv = echo.python_server(
             "udp_echo", "server", contestant=contestant, cpu=settings.server_cpu, corrupt=corrupt
         )
-    default_warmup, default_duration = echo.measured_times(settings)
-    warmup = default_warmup if warmup is None else warmup
-    duration = default_duration if duration is None else duration
-
-    def drive(hello: dict) -> Measurement:
-        kwargs = {
-            "port": hello["port"],
-            "server_pid": hello["pid"],
-            "size": SIZE,
-            "loop_name": settings.client_loop,
-            "warmup": warmup,
-            "duration": duration,
-            "stall_timeout": stall_timeout,
-            "cpu": settings.client_cpu,
-            "server_cpu": settings.server_cpu,
-        }
-        seconds = warmup + duration + stall_timeout
-        return echo.run_load_generator("udp_echo", "client", kwargs, settings, seconds)
-
-    return echo.with_server(argv, settings, drive)
+    return echo.measure_echo(
+        "udp_echo", argv, SIZE, settings, warmup, duration, stall_timeout=stall_timeout
+    )
 
 
 def _measure(contestant: str, settings: Settings) -> Measurement:

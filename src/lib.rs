@@ -22,6 +22,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TimerHandle>()?;
     m.add_class::<transport::StreamTransport>()?;
     m.add_class::<transport::DatagramTransport>()?;
+    m.add_class::<transport::TlsProtocol>()?;
+    m.add_class::<transport::TlsTransport>()?;
     m.add(
         "BUILD_PROFILE",
         if cfg!(debug_assertions) {

@@ -7,8 +7,8 @@ and a count of the connections still attached to it.
 
 Behaviour follows CPython 3.11's ``asyncio/base_events.py``, ``selector_events.py`` and
 ``unix_events.py``, with the later versions' changes gated on the running version; the code
-is our own. TLS is not supported yet: ``ssl=`` raises ``NotImplementedError`` once asyncio's
-own argument checks have passed.
+is our own. With ``ssl=``, ``loop._make_ssl_transport()`` puts the TLS layer (Rust
+``TlsProtocol``) between the socket's transport and the protocol.
 """
 
 from __future__ import annotations
@@ -36,10 +36,6 @@ _PY313 = sys.version_info >= (3, 13)
 _ACCEPT_RETRY_DELAY = 1  # seconds (asyncio's constants.ACCEPT_RETRY_DELAY)
 # accept() errors that mean "out of resources": stop accepting for a while, then retry.
 _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-
-
-def _no_tls():
-    return NotImplementedError("ferroloop: TLS is not supported yet")
 
 
 def _check_no_ssl_timeouts(ssl, handshake_timeout, shutdown_timeout) -> None:
@@ -108,19 +104,42 @@ class NetworkMixin:
 
     # -- the transport -------------------------------------------------------------------
 
-    async def _create_connection_transport(self, sock, protocol_factory, owned=False):
+    async def _create_connection_transport(
+        self,
+        sock,
+        protocol_factory,
+        owned=False,
+        ssl=None,
+        server_hostname=None,
+        server_side=False,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
         # owned: sock was created here, not passed in: close it if no transport takes it.
+        # The waiter is done once connection_made() has run (after the TLS handshake).
         sock.setblocking(False)
         try:
             protocol = protocol_factory()
             waiter = self.create_future()
-            transport = self._make_socket_transport(sock, protocol, waiter)
+            if ssl:
+                transport = self._make_ssl_transport(
+                    sock,
+                    protocol,
+                    None if isinstance(ssl, bool) else ssl,
+                    waiter,
+                    server_side=server_side,
+                    server_hostname=server_hostname,
+                    ssl_handshake_timeout=ssl_handshake_timeout,
+                    ssl_shutdown_timeout=ssl_shutdown_timeout,
+                )
+            else:
+                transport = self._make_socket_transport(sock, protocol, waiter)
         except BaseException:
             if owned:
                 sock.close()
             raise
         try:
-            await waiter  # connection_made() has run
+            await waiter
         except BaseException:
             transport.close()
             raise
@@ -186,8 +205,10 @@ class NetworkMixin:
         # asyncio's argument checks, in asyncio's order.
         if server_hostname is not None and not ssl:
             raise ValueError("server_hostname is only meaningful with ssl")
-        if server_hostname is None and ssl and not host:
-            raise ValueError("You must set server_hostname when using ssl without a host")
+        if server_hostname is None and ssl:
+            if not host:
+                raise ValueError("You must set server_hostname when using ssl without a host")
+            server_hostname = host
         _check_no_ssl_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             _check_ssl(sock)
@@ -199,8 +220,6 @@ class NetworkMixin:
         else:
             # AF_UNIX is allowed too, as long as it is a stream.
             _check_stream_socket(sock)
-        if ssl:
-            raise _no_tls()
 
         if sock is None:
             if happy_eyeballs_delay is not None and interleave is None:
@@ -236,7 +255,13 @@ class NetworkMixin:
                 finally:
                     exceptions = None  # the traceback holds this frame: break the cycle
         transport, protocol = await self._create_connection_transport(
-            sock, protocol_factory, owned=host is not None or port is not None
+            sock,
+            protocol_factory,
+            host is not None or port is not None,
+            ssl,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
         if self.get_debug():
             logger().debug(
@@ -361,8 +386,6 @@ class NetworkMixin:
             raise ValueError("no path and sock were specified")
         else:
             _check_stream_socket(sock, unix=True)
-        if ssl:
-            raise _no_tls()
 
         if path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
@@ -372,7 +395,15 @@ class NetworkMixin:
             except BaseException:
                 sock.close()
                 raise
-        return await self._create_connection_transport(sock, protocol_factory, path is not None)
+        return await self._create_connection_transport(
+            sock,
+            protocol_factory,
+            path is not None,
+            ssl,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
 
     async def connect_accepted_socket(
         self,
@@ -387,9 +418,14 @@ class NetworkMixin:
         _check_stream_socket(sock)
         _check_no_ssl_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         _check_ssl(sock)
-        if ssl:
-            raise _no_tls()
-        transport, protocol = await self._create_connection_transport(sock, protocol_factory)
+        transport, protocol = await self._create_connection_transport(
+            sock,
+            protocol_factory,
+            ssl=ssl,
+            server_side=True,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
         if self.get_debug():
             sock = transport.get_extra_info("socket")
             logger().debug("%r handled: (%r, %r)", sock, transport, protocol)
@@ -433,8 +469,6 @@ class NetworkMixin:
             raise ValueError("Neither host/port nor sock were specified")
         else:
             _check_stream_socket(sock)
-        if ssl is not None:
-            raise _no_tls()
 
         if sock is not None:
             sockets = [sock]
@@ -545,8 +579,6 @@ class NetworkMixin:
             raise ValueError("path was not specified, and no sock specified")
         else:
             _check_stream_socket(sock, unix=True)
-        if ssl is not None:
-            raise _no_tls()
 
         if path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -591,17 +623,21 @@ class NetworkMixin:
         ssl_handshake_timeout=None,
         ssl_shutdown_timeout=None,
     ):
-        # asyncio's signature: Server calls it. TLS servers never get this far.
+        # asyncio's signature: Server calls it.
+        tls = None
+        if sslcontext is not None:
+            tls = (sslcontext, ssl_handshake_timeout, ssl_shutdown_timeout)
         fd = sock.fileno()
-        self.add_reader(fd, self._accept_connection, protocol_factory, sock, server, backlog)
+        self.add_reader(fd, self._accept_connection, protocol_factory, sock, server, backlog, tls)
 
     def _stop_serving(self, sock) -> None:
         self.remove_reader(sock.fileno())
         sock.close()
 
-    def _accept_connection(self, protocol_factory, sock, server, backlog) -> None:
+    def _accept_connection(self, protocol_factory, sock, server, backlog, tls=None) -> None:
         # The listening socket's reader. Several connections may be waiting: accept up to
-        # backlog of them per readiness event.
+        # backlog of them per readiness event. tls: (context, handshake and shutdown
+        # timeouts) of a TLS server.
         for _ in range(backlog):
             try:
                 conn, addr = sock.accept()
@@ -631,17 +667,34 @@ class NetworkMixin:
                     sock,
                     server,
                     backlog,
+                    tls,
                 )
                 return
+            extra = {"peername": addr}
+            if tls is not None:
+                # The handshake is awaited in a task, as asyncio does for every connection.
+                self.create_task(
+                    self._serve_tls_connection(protocol_factory, conn, extra, server, *tls)
+                )
+                continue
             # Each connection's callbacks run in their own copy of the context, as they
             # would in the task asyncio creates for each connection.
             contextvars.copy_context().run(
-                self._serve_connection, protocol_factory, conn, {"peername": addr}, server
+                self._serve_connection, protocol_factory, conn, extra, server
             )
 
-    def _resume_accepting(self, protocol_factory, sock, server, backlog) -> None:
+    def _resume_accepting(self, protocol_factory, sock, server, backlog, tls) -> None:
         if sock.fileno() != -1:  # not closed meanwhile (Server.close())
-            self._start_serving(protocol_factory, sock, None, server, backlog)
+            context, handshake_timeout, shutdown_timeout = tls or (None, None, None)
+            self._start_serving(
+                protocol_factory,
+                sock,
+                context,
+                server,
+                backlog,
+                handshake_timeout,
+                shutdown_timeout,
+            )
 
     def _serve_connection(self, protocol_factory, conn, extra, server) -> None:
         protocol = transport = None
@@ -653,15 +706,51 @@ class NetworkMixin:
         except BaseException as exc:
             if transport is None:
                 conn.close()
-            # Like asyncio, this is reported in debug mode only; the server goes on.
-            if self.get_debug():
-                context = {
-                    "message": "Error on transport creation for incoming connection",
-                    "exception": exc,
-                }
-                if protocol is not None:
-                    context["protocol"] = protocol
-                self.call_exception_handler(context)
+            self._report_serve_error(exc, protocol, None)
+
+    async def _serve_tls_connection(
+        self, protocol_factory, conn, extra, server, sslcontext, handshake_timeout, shutdown_timeout
+    ):
+        protocol = transport = None
+        try:
+            protocol = protocol_factory()
+            waiter = self.create_future()
+            transport = self._make_ssl_transport(
+                conn,
+                protocol,
+                sslcontext,
+                waiter,
+                server_side=True,
+                extra=extra,
+                server=server,
+                ssl_handshake_timeout=handshake_timeout,
+                ssl_shutdown_timeout=shutdown_timeout,
+            )
+            try:
+                await waiter
+            except BaseException:
+                transport.close()
+                waiter = None  # the exception's traceback would keep the TLS layer alive
+                raise
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            if transport is None:
+                conn.close()
+            self._report_serve_error(exc, protocol, transport)
+
+    def _report_serve_error(self, exc, protocol, transport) -> None:
+        # Like asyncio, this is reported in debug mode only; the server goes on.
+        if self.get_debug():
+            context = {
+                "message": "Error on transport creation for incoming connection",
+                "exception": exc,
+            }
+            if protocol is not None:
+                context["protocol"] = protocol
+            if transport is not None:
+                context["transport"] = transport
+            self.call_exception_handler(context)
 
 
 class Server(asyncio.AbstractServer):

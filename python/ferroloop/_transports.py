@@ -17,6 +17,11 @@ from asyncio.exceptions import SendfileNotAvailableError
 from . import _ferroloop
 from ._format import logger
 
+try:
+    import ssl
+except ImportError:  # pragma: no cover - an interpreter built without OpenSSL
+    ssl = None
+
 try:  # A read-only view of the socket, as asyncio hands out (stable since 3.8).
     from asyncio.trsock import TransportSocket as _TransportSocket
 except ImportError:  # pragma: no cover - not on supported versions
@@ -41,6 +46,8 @@ def _sendfile_mode(transport) -> str:
     # asyncio marks transports with a private enum; compare its member names, not the enum.
     if isinstance(transport, _ferroloop.StreamTransport):
         return "TRY_NATIVE"
+    if isinstance(transport, _ferroloop.TlsTransport):
+        return "FALLBACK"  # the bytes must go through the TLS layer
     mode = getattr(transport, "_sendfile_compatible", None)
     return getattr(mode, "name", "UNSUPPORTED")
 
@@ -124,6 +131,92 @@ class TransportsMixin:
             server._attach(transport)
         self._schedule_start(transport, protocol, waiter)
         return transport
+
+    def _make_ssl_transport(
+        self,
+        rawsock,
+        protocol,
+        sslcontext,
+        waiter=None,
+        *,
+        server_side=False,
+        server_hostname=None,
+        extra=None,
+        server=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+        call_connection_made=True,
+    ):
+        """A TLS transport over a Rust stream transport for rawsock; the waiter is done when
+        the handshake is (or with its exception)."""
+        tls = self._tls_protocol(
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            call_connection_made,
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
+        self._make_socket_transport(rawsock, tls, extra=extra, server=server)
+        return tls._app_transport
+
+    def _tls_protocol(self, protocol, sslcontext, waiter, server_side, server_hostname, *args):
+        if not sslcontext:  # ssl=True on a client: a default, verifying context
+            if server_side:
+                raise ValueError("Server side SSL needs a valid SSLContext")
+            sslcontext = ssl.create_default_context()
+            if not server_hostname:
+                sslcontext.check_hostname = False
+        return _ferroloop.TlsProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname, *args
+        )
+
+    async def start_tls(
+        self,
+        transport,
+        protocol,
+        sslcontext,
+        *,
+        server_side=False,
+        server_hostname=None,
+        ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None,
+    ):
+        """Upgrade an existing connection to TLS; return the new (TLS) transport."""
+        if ssl is None:
+            raise RuntimeError("Python ssl module is not available")
+        if not isinstance(sslcontext, ssl.SSLContext):
+            raise TypeError(
+                f"sslcontext is expected to be an instance of ssl.SSLContext, got {sslcontext!r}"
+            )
+        if not getattr(transport, "_start_tls_compatible", False):
+            raise TypeError(f"transport {transport!r} is not supported by start_tls()")
+        waiter = self.create_future()
+        tls = self._tls_protocol(
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            False,  # the protocol is connected already
+            ssl_handshake_timeout,
+            ssl_shutdown_timeout,
+        )
+        # Pause first, so that no data reaches the TLS layer before its connection_made().
+        transport.pause_reading()
+        transport.set_protocol(tls)
+        made = self.call_soon(tls.connection_made, transport)
+        resumed = self.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            made.cancel()
+            resumed.cancel()
+            raise
+        return tls._app_transport
 
     @staticmethod
     def _socket_info(sock, extra) -> dict:

@@ -4,6 +4,7 @@
 
 pub mod datagram;
 pub mod stream;
+pub mod tls;
 
 use std::os::fd::RawFd;
 
@@ -19,6 +20,7 @@ use crate::event_loop::CoreLoop;
 
 pub use datagram::DatagramTransport;
 pub use stream::StreamTransport;
+pub use tls::{TlsProtocol, TlsTransport};
 
 /// Default high-water mark of a write buffer (asyncio's).
 pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
@@ -309,19 +311,7 @@ impl Default for FlowControl {
 impl FlowControl {
     /// asyncio's `_set_write_buffer_limits`: defaults derived from whichever is given.
     pub fn set_limits(&mut self, high: Option<i64>, low: Option<i64>) -> PyResult<()> {
-        let high = match (high, low) {
-            (Some(h), _) => h,
-            (None, Some(l)) => 4 * l,
-            (None, None) => DEFAULT_HIGH_WATER as i64,
-        };
-        let low = low.unwrap_or(high / 4);
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
-        self.high = high as usize;
-        self.low = low as usize;
+        (self.high, self.low) = water_marks(high, low, DEFAULT_HIGH_WATER)?;
         Ok(())
     }
 
@@ -342,6 +332,27 @@ impl FlowControl {
         self.paused = false;
         true
     }
+}
+
+/// asyncio's water marks from optional limits: `default_high` when neither is given, four
+/// times `low` when only it is, and `high / 4` as the default low mark. Returns `(high, low)`.
+pub fn water_marks(
+    high: Option<i64>,
+    low: Option<i64>,
+    default_high: usize,
+) -> PyResult<(usize, usize)> {
+    let high = match (high, low) {
+        (Some(h), _) => h,
+        (None, Some(l)) => 4 * l,
+        (None, None) => default_high as i64,
+    };
+    let low = low.unwrap_or(high / 4);
+    if !(high >= low && low >= 0) {
+        return Err(PyValueError::new_err(format!(
+            "high ({high}) must be >= low ({low}) must be >= 0"
+        )));
+    }
+    Ok((high as usize, low as usize))
 }
 
 /// Calls `protocol.pause_writing()`/`resume_writing()`; a failure goes to the loop's

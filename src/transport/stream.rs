@@ -483,7 +483,8 @@ impl StreamTransport {
         StreamTransport::_call_connection_lost(slf, exc)
     }
 
-    fn write_bytes(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
+    /// `write` of a byte slice (also how a TLS layer above hands over its records).
+    pub(crate) fn write_bytes(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
         if !Self::write_allowed(slf, data.is_empty())? {
             return Ok(());
         }
@@ -763,6 +764,18 @@ impl StreamTransport {
 
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
         force_close(slf, None)
+    }
+
+    /// asyncio's `_force_close(exc)`: drop the buffer, stop, `connection_lost(exc)` soon.
+    #[pyo3(signature = (exc=None))]
+    fn _force_close(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+        force_close(slf, exc)
+    }
+
+    /// `loop.start_tls` may wrap a socket transport (not a pipe).
+    #[getter]
+    fn _start_tls_compatible(&self) -> bool {
+        self.kind == Kind::Socket
     }
 
     #[pyo3(name = "is_closing")]

@@ -1,0 +1,1356 @@
+//! TLS over a stream transport (asyncio: `sslproto.SSLProtocol` and `_SSLProtocolTransport`).
+//!
+//! The TLS layer is two objects:
+//! - `TlsProtocol` is the protocol of the underlying (TCP or Unix) transport. It feeds what
+//!   the socket delivers into an `ssl.MemoryBIO`, drives the user's `ssl.SSLObject` (made by
+//!   `SSLContext.wrap_bio`, so every context a user builds works), and writes what the
+//!   object produces to the transport below. The state machine (handshake, wrapped,
+//!   flushing, shutdown), the write backlog and both directions of flow control live here.
+//! - `TlsTransport` is what the application's protocol sees: an `asyncio.Transport` whose
+//!   writes are encrypted and whose reads are decrypted.
+//!
+//! The behaviour is asyncio's, state by state: the same exceptions for a failed or timed
+//! out handshake, the same `close_notify` exchange on close, the same flow-control water
+//! marks (256 KiB of unread TLS records pause the socket; 512 KiB of unsent application data
+//! pause the application).
+//!
+//! Speed: when the transport below is ferroloop's own `StreamTransport`, encrypted records are
+//! handed to it in Rust; decrypting stops as soon as the incoming BIO is empty instead of
+//! provoking (and catching) one `SSLWantReadError` per batch of records.
+
+use std::collections::VecDeque;
+
+use pyo3::exceptions::{
+    PyConnectionAbortedError, PyConnectionResetError, PyException, PyNotImplementedError,
+    PyOSError, PyRuntimeError, PyTimeoutError, PyTypeError, PyValueError,
+};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice};
+
+use crate::event_loop::CoreLoop;
+use crate::gil_cell::GilCell;
+
+use super::{asyncio_class, is_base_exit, water_marks, StreamTransport};
+
+/// Bytes asked of each decrypting `read` (asyncio's `SSLProtocol.max_size`).
+const MAX_READ: usize = 256 * 1024;
+/// Unread TLS data that pauses the socket (asyncio's `FLOW_CONTROL_HIGH_WATER_SSL_READ`).
+const READ_HIGH_WATER: usize = 256 * 1024;
+/// Unsent application data that pauses the application (`FLOW_CONTROL_HIGH_WATER_SSL_WRITE`).
+const WRITE_HIGH_WATER: usize = 512 * 1024;
+/// asyncio's `SSL_HANDSHAKE_TIMEOUT` and `SSL_SHUTDOWN_TIMEOUT`, in seconds.
+const HANDSHAKE_TIMEOUT: f64 = 60.0;
+const SHUTDOWN_TIMEOUT: f64 = 30.0;
+/// After this many writes to a closed TLS connection, asyncio starts warning.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+
+/// The `ssl` module's exception classes, looked up once.
+struct SslErrors {
+    /// `SSLWantReadError` and `SSLSyscallError`: "feed me more and try again".
+    want_read: Py<PyAny>,
+    syscall: Py<PyAny>,
+    ssl_error: Py<PyAny>,
+    cert_error: Py<PyAny>,
+    memory_bio: Py<PyAny>,
+}
+
+fn ssl_errors(py: Python<'_>) -> PyResult<&SslErrors> {
+    static CELL: PyOnceLock<SslErrors> = PyOnceLock::new();
+    CELL.get_or_try_init(py, || {
+        let ssl = py.import("ssl")?;
+        Ok::<_, PyErr>(SslErrors {
+            want_read: ssl.getattr("SSLWantReadError")?.unbind(),
+            syscall: ssl.getattr("SSLSyscallError")?.unbind(),
+            ssl_error: ssl.getattr("SSLError")?.unbind(),
+            cert_error: ssl.getattr("CertificateError")?.unbind(),
+            memory_bio: ssl.getattr("MemoryBIO")?.unbind(),
+        })
+    })
+}
+
+/// Whether an `SSLObject` call failed only for want of more input (asyncio's
+/// `SSLAgainErrors`).
+fn is_again(py: Python<'_>, e: &PyErr) -> PyResult<bool> {
+    let t = ssl_errors(py)?;
+    Ok(e.is_instance(py, t.want_read.bind(py)) || e.is_instance(py, t.syscall.bind(py)))
+}
+
+fn is_ssl_error(py: Python<'_>, e: &PyErr) -> PyResult<bool> {
+    Ok(e.is_instance(py, ssl_errors(py)?.ssl_error.bind(py)))
+}
+
+fn logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    crate::handles::format_module(py)?.call_method0(intern!(py, "logger"))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Unwrapped,
+    Handshake,
+    Wrapped,
+    Flushing,
+    Shutdown,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Unwrapped => "UNWRAPPED",
+            Phase::Handshake => "DO_HANDSHAKE",
+            Phase::Wrapped => "WRAPPED",
+            Phase::Flushing => "FLUSHING",
+            Phase::Shutdown => "SHUTDOWN",
+        }
+    }
+
+    /// asyncio's allowed transitions: forward one step, or back to unwrapped from anywhere.
+    fn can_become(self, next: Phase) -> bool {
+        matches!(
+            (self, next),
+            (_, Phase::Unwrapped)
+                | (Phase::Unwrapped, Phase::Handshake)
+                | (Phase::Handshake, Phase::Wrapped)
+                | (Phase::Wrapped, Phase::Flushing)
+                | (Phase::Flushing, Phase::Shutdown)
+        )
+    }
+
+    /// Writes from the application are refused (the connection is closing or closed).
+    fn refuses_writes(self) -> bool {
+        matches!(self, Phase::Flushing | Phase::Shutdown | Phase::Unwrapped)
+    }
+}
+
+/// Where the application protocol stands: made → [eof] → lost.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AppState {
+    Init,
+    Made,
+    Eof,
+    Lost,
+}
+
+/// How decrypted data reaches the application protocol.
+enum AppReader {
+    Data,
+    /// A `BufferedProtocol`: its `get_buffer` and `buffer_updated`, bound once.
+    Buffered(Py<PyAny>, Py<PyAny>),
+}
+
+/// The `SSLObject`, its memory BIOs and the bound methods called on every record.
+struct Ssl {
+    obj: Py<PyAny>,
+    read: Py<PyAny>,
+    write: Py<PyAny>,
+    incoming: Py<PyAny>,
+    outgoing: Py<PyAny>,
+    feed: Py<PyAny>,
+    drain: Py<PyAny>,
+}
+
+impl Ssl {
+    fn pending(py: Python<'_>, bio: &Py<PyAny>) -> PyResult<usize> {
+        bio.bind(py).getattr(intern!(py, "pending"))?.extract()
+    }
+}
+
+struct State {
+    phase: Phase,
+    app: AppState,
+    app_protocol: Option<Py<PyAny>>,
+    app_reader: AppReader,
+    app_transport: Option<Py<TlsTransport>>,
+    app_transport_created: bool,
+    /// The transport below, and the same object when it is ours (writes then stay in Rust).
+    lower: Option<Py<PyAny>>,
+    lower_native: Option<Py<StreamTransport>>,
+    waiter: Option<Py<PyAny>>,
+    handshake_timer: Option<Py<PyAny>>,
+    shutdown_timer: Option<Py<PyAny>>,
+    handshake_start: Option<f64>,
+    /// Application data not yet encrypted.
+    backlog: VecDeque<Py<PyAny>>,
+    backlog_size: usize,
+    conn_lost: u32,
+    eof_received: bool,
+    /// The transport below asked us to stop writing (its buffer is full).
+    ssl_writing_paused: bool,
+    /// We asked the transport below to stop reading (too much undecrypted data).
+    ssl_reading_paused: bool,
+    /// The application paused reading.
+    app_reading_paused: bool,
+    /// We told the application to stop writing.
+    app_writing_paused: bool,
+    in_high: usize,
+    in_low: usize,
+    out_high: usize,
+    out_low: usize,
+}
+
+/// The protocol of the transport under a TLS connection.
+#[pyclass(frozen, weakref, module = "ferroloop._ferroloop")]
+pub struct TlsProtocol {
+    event_loop: Py<CoreLoop>,
+    ssl: Ssl,
+    extra: Py<PyDict>,
+    server_side: bool,
+    /// Seconds, and as given (for the timeout's message).
+    handshake_timeout: (f64, String),
+    shutdown_timeout: f64,
+    st: GilCell<State>,
+}
+
+/// A positive timeout, or the default; asyncio's `ValueError` otherwise.
+/// Also returns the value as asyncio's messages print it.
+fn timeout_arg(
+    name: &str,
+    value: Option<&Bound<'_, PyAny>>,
+    default: f64,
+) -> PyResult<(f64, String)> {
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok((default, format!("{default:.1}")));
+    };
+    let secs: f64 = value.extract()?;
+    if secs <= 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "{name} should be a positive number, got {}",
+            value.str()?
+        )));
+    }
+    Ok((secs, value.str()?.to_string()))
+}
+
+fn app_reader(py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<AppReader> {
+    static BUFFERED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let cls = asyncio_class(py, &BUFFERED, "BufferedProtocol")?;
+    if protocol.hasattr(intern!(py, "get_buffer"))? && protocol.is_instance(cls.bind(py))? {
+        Ok(AppReader::Buffered(
+            protocol.getattr(intern!(py, "get_buffer"))?.unbind(),
+            protocol.getattr(intern!(py, "buffer_updated"))?.unbind(),
+        ))
+    } else {
+        Ok(AppReader::Data)
+    }
+}
+
+/// Keeps `PyException`s (reported, the connection fails) apart from the rest
+/// (`KeyboardInterrupt`, `SystemExit`, `CancelledError`: propagated), as asyncio's
+/// `except Exception` does.
+fn catch_exception<T>(py: Python<'_>, r: PyResult<T>) -> PyResult<Result<T, PyErr>> {
+    match r {
+        Ok(v) => Ok(Ok(v)),
+        Err(e) if e.is_instance_of::<PyException>(py) => Ok(Err(e)),
+        Err(e) => Err(e),
+    }
+}
+
+impl TlsProtocol {
+    fn set_phase(&self, py: Python<'_>, next: Phase) -> PyResult<()> {
+        let mut st = self.st.borrow_mut(py);
+        if !st.phase.can_become(next) {
+            return Err(PyRuntimeError::new_err(format!(
+                "cannot switch state from SSLProtocolState.{} to SSLProtocolState.{}",
+                st.phase.name(),
+                next.name()
+            )));
+        }
+        st.phase = next;
+        Ok(())
+    }
+
+    fn phase(&self, py: Python<'_>) -> Phase {
+        self.st.borrow(py).phase
+    }
+
+    fn debug(&self, py: Python<'_>) -> bool {
+        self.event_loop.bind(py).get().debug_enabled()
+    }
+
+    fn lower(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.st.borrow(py).lower.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    fn app_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.st
+            .borrow(py)
+            .app_protocol
+            .as_ref()
+            .map(|p| p.clone_ref(py))
+    }
+
+    fn call_soon(&self, py: Python<'_>, cb: Bound<'_, PyAny>) -> PyResult<()> {
+        self.event_loop
+            .bind(py)
+            .call_method1(intern!(py, "call_soon"), (cb,))
+            .map(drop)
+    }
+
+    fn cancel_timer(py: Python<'_>, timer: Option<Py<PyAny>>) -> PyResult<()> {
+        if let Some(t) = timer {
+            t.bind(py).call_method0(intern!(py, "cancel"))?;
+        }
+        Ok(())
+    }
+
+    fn wakeup_waiter(&self, py: Python<'_>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let Some(waiter) = self.st.borrow_mut(py).waiter.take() else {
+            return Ok(());
+        };
+        let waiter = waiter.bind(py);
+        if !waiter.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
+            match exc {
+                Some(exc) => waiter.call_method1(intern!(py, "set_exception"), (exc,))?,
+                None => waiter.call_method1(intern!(py, "set_result"), (py.None(),))?,
+            };
+        }
+        Ok(())
+    }
+
+    /// The application transport, made on first use (once).
+    fn app_transport(slf: &Bound<'_, Self>) -> PyResult<Option<Py<TlsTransport>>> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let st = this.st.borrow(py);
+            if let Some(t) = &st.app_transport {
+                return Ok(Some(t.clone_ref(py)));
+            }
+            if st.app_transport_created {
+                return Ok(None);
+            }
+        }
+        let t = Py::new(
+            py,
+            TlsTransport {
+                proto: slf.clone().unbind(),
+                closed: GilCell::new(false),
+            },
+        )?;
+        let mut st = this.st.borrow_mut(py);
+        st.app_transport = Some(t.clone_ref(py));
+        st.app_transport_created = true;
+        Ok(Some(t))
+    }
+
+    fn mark_app_transport_closed(&self, py: Python<'_>) {
+        let t = self
+            .st
+            .borrow(py)
+            .app_transport
+            .as_ref()
+            .map(|t| t.clone_ref(py));
+        if let Some(t) = t {
+            *t.get().closed.borrow_mut(py) = true;
+        }
+    }
+
+    fn set_app_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let reader = app_reader(py, protocol)?;
+        let old = {
+            let mut st = self.st.borrow_mut(py);
+            st.app_reader = reader;
+            st.app_protocol.replace(protocol.clone().unbind())
+        };
+        drop(old);
+        Ok(())
+    }
+
+    // -- the transport below --------------------------------------------------------------
+
+    fn lower_write(&self, py: Python<'_>, data: &Bound<'_, PyBytes>) -> PyResult<()> {
+        let (lower, native) = {
+            let st = self.st.borrow(py);
+            (
+                st.lower.as_ref().map(|t| t.clone_ref(py)),
+                st.lower_native.as_ref().map(|t| t.clone_ref(py)),
+            )
+        };
+        if let Some(native) = native {
+            return StreamTransport::write_bytes(native.bind(py), data.as_bytes());
+        }
+        if let Some(lower) = lower {
+            lower.bind(py).call_method1(intern!(py, "write"), (data,))?;
+        }
+        Ok(())
+    }
+
+    fn lower_call(
+        &self,
+        py: Python<'_>,
+        method: &Bound<'_, pyo3::types::PyString>,
+    ) -> PyResult<()> {
+        if let Some(lower) = self.lower(py) {
+            lower.bind(py).call_method0(method)?;
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_fatal_error`: force-close the transport below, and report anything that
+    /// is not an `OSError` (those are logged in debug mode only) or a cancellation.
+    fn fatal_error(slf: &Bound<'_, Self>, exc: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let exc = exc.into_value(py).into_any();
+        let lower = this.lower(py);
+        if let Some(lower) = &lower {
+            lower
+                .bind(py)
+                .call_method1(intern!(py, "_force_close"), (&exc,))?;
+        }
+        let exc = exc.bind(py);
+        if exc.is_instance_of::<PyOSError>() {
+            if this.debug(py) {
+                let kwargs = PyDict::new(py);
+                kwargs.set_item("exc_info", true)?;
+                logger(py)?.call_method(
+                    intern!(py, "debug"),
+                    ("%r: %s", slf, message),
+                    Some(&kwargs),
+                )?;
+            }
+            return Ok(());
+        }
+        static CANCELLED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        if exc.is_instance(asyncio_class(py, &CANCELLED, "CancelledError")?.bind(py))? {
+            return Ok(());
+        }
+        let ctx = PyDict::new(py);
+        ctx.set_item("message", message)?;
+        ctx.set_item("exception", exc)?;
+        ctx.set_item("transport", lower)?;
+        ctx.set_item("protocol", slf)?;
+        self_loop(this, py).call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+        Ok(())
+    }
+
+    // -- handshake ------------------------------------------------------------------------
+
+    fn start_handshake(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let start = if this.debug(py) {
+            logger(py)?.call_method1(intern!(py, "debug"), ("%r starts SSL handshake", slf))?;
+            Some(crate::event_loop::monotonic())
+        } else {
+            None
+        };
+        this.st.borrow_mut(py).handshake_start = start;
+        this.set_phase(py, Phase::Handshake)?;
+        let cb = slf.getattr(intern!(py, "_check_handshake_timeout"))?;
+        let timer = self_loop(this, py)
+            .call_method1(intern!(py, "call_later"), (this.handshake_timeout.0, cb))?;
+        this.st.borrow_mut(py).handshake_timer = Some(timer.unbind());
+        Self::do_handshake(slf)
+    }
+
+    fn do_handshake(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let obj = slf.get().ssl.obj.bind(py);
+        match obj.call_method0(intern!(py, "do_handshake")) {
+            Ok(_) => Self::on_handshake_complete(slf, None),
+            Err(e) if is_again(py, &e)? => Self::process_outgoing(slf),
+            Err(e) if is_ssl_error(py, &e)? => Self::on_handshake_complete(slf, Some(e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn on_handshake_complete(slf: &Bound<'_, Self>, failure: Option<PyErr>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let timer = this.st.borrow_mut(py).handshake_timer.take();
+        Self::cancel_timer(py, timer)?;
+        let obj = this.ssl.obj.bind(py);
+        let peercert = match failure {
+            Some(e) => Err(e),
+            None => this
+                .set_phase(py, Phase::Wrapped)
+                .and_then(|()| obj.call_method0(intern!(py, "getpeercert"))),
+        };
+        let peercert = match catch_exception(py, peercert)? {
+            Ok(cert) => cert,
+            Err(e) => {
+                this.set_phase(py, Phase::Unwrapped)?;
+                let msg = if e.is_instance(py, ssl_errors(py)?.cert_error.bind(py)) {
+                    "SSL handshake failed on verifying the certificate"
+                } else {
+                    "SSL handshake failed"
+                };
+                let exc = e.clone_ref(py).into_value(py).into_any();
+                Self::fatal_error(slf, e, msg)?;
+                return this.wakeup_waiter(py, Some(exc.bind(py)));
+            }
+        };
+        let start = this.st.borrow(py).handshake_start;
+        if let (Some(start), true) = (start, this.debug(py)) {
+            let ms = (crate::event_loop::monotonic() - start) * 1e3;
+            logger(py)?.call_method1(
+                intern!(py, "debug"),
+                ("%r: SSL handshake took %.1f ms", slf, ms),
+            )?;
+        }
+        let extra = this.extra.bind(py);
+        extra.set_item("peercert", peercert)?;
+        extra.set_item("cipher", obj.call_method0(intern!(py, "cipher"))?)?;
+        extra.set_item("compression", obj.call_method0(intern!(py, "compression"))?)?;
+        extra.set_item("ssl_object", obj)?;
+        let made = {
+            let mut st = this.st.borrow_mut(py);
+            let init = st.app == AppState::Init;
+            if init {
+                st.app = AppState::Made;
+            }
+            init
+        };
+        if made {
+            let transport = Self::app_transport(slf)?;
+            if let Some(protocol) = this.app_protocol(py) {
+                protocol
+                    .bind(py)
+                    .call_method1(intern!(py, "connection_made"), (transport,))?;
+            }
+        }
+        this.wakeup_waiter(py, None)?;
+        Self::do_read(slf)
+    }
+
+    // -- shutdown -------------------------------------------------------------------------
+
+    fn start_shutdown(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let phase = this.phase(py);
+        if phase.refuses_writes() {
+            return Ok(());
+        }
+        this.mark_app_transport_closed(py);
+        if phase == Phase::Handshake {
+            return this.abort(py);
+        }
+        this.set_phase(py, Phase::Flushing)?;
+        let cb = slf.getattr(intern!(py, "_check_shutdown_timeout"))?;
+        let timer = self_loop(this, py)
+            .call_method1(intern!(py, "call_later"), (this.shutdown_timeout, cb))?;
+        this.st.borrow_mut(py).shutdown_timer = Some(timer.unbind());
+        Self::do_flush(slf)
+    }
+
+    fn do_flush(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::do_read(slf)?;
+        slf.get().set_phase(slf.py(), Phase::Shutdown)?;
+        Self::do_shutdown(slf)
+    }
+
+    fn do_shutdown(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let result = if this.st.borrow(py).eof_received {
+            Ok(())
+        } else {
+            this.ssl
+                .obj
+                .bind(py)
+                .call_method0(intern!(py, "unwrap"))
+                .map(drop)
+        };
+        match result {
+            Ok(()) => {
+                Self::process_outgoing(slf)?;
+                Self::call_eof_received(slf)?;
+                Self::on_shutdown_complete(slf, None)
+            }
+            Err(e) if is_again(py, &e)? => Self::process_outgoing(slf),
+            Err(e) if is_ssl_error(py, &e)? => Self::on_shutdown_complete(slf, Some(e)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn on_shutdown_complete(slf: &Bound<'_, Self>, failure: Option<PyErr>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let timer = this.st.borrow_mut(py).shutdown_timer.take();
+        Self::cancel_timer(py, timer)?;
+        match failure {
+            Some(e) => Self::fatal_error(slf, e, "Fatal error on transport"),
+            None => match this.lower(py) {
+                Some(lower) => this.call_soon(py, lower.bind(py).getattr(intern!(py, "close"))?),
+                None => Ok(()),
+            },
+        }
+    }
+
+    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        self.set_phase(py, Phase::Unwrapped)?;
+        self.lower_call(py, intern!(py, "abort"))
+    }
+
+    // -- outgoing -------------------------------------------------------------------------
+
+    fn write_appdata(slf: &Bound<'_, Self>, items: Vec<Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut st = this.st.borrow_mut(py);
+            if st.phase.refuses_writes() {
+                let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                st.conn_lost += 1;
+                drop(st);
+                if warn {
+                    logger(py)?
+                        .call_method1(intern!(py, "warning"), ("SSL connection is closed",))?;
+                }
+                return Ok(());
+            }
+        }
+        let mut sizes = Vec::with_capacity(items.len());
+        for item in &items {
+            sizes.push(item.len()?);
+        }
+        let wrapped = {
+            let mut st = this.st.borrow_mut(py);
+            for (item, size) in items.into_iter().zip(sizes) {
+                st.backlog.push_back(item.unbind());
+                st.backlog_size += size;
+            }
+            st.phase == Phase::Wrapped
+        };
+        if wrapped {
+            if let Err(e) = catch_exception(py, Self::do_write(slf))? {
+                Self::fatal_error(slf, e, "Fatal error on SSL protocol")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encrypts the backlog (as far as the `SSLObject` takes it), then sends the records.
+    fn do_write(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let write = this.ssl.write.bind(py);
+        loop {
+            let data = match this.st.borrow(py).backlog.front() {
+                Some(d) => d.clone_ref(py),
+                None => break,
+            };
+            let data = data.bind(py);
+            let count: usize = match write.call1((data,)) {
+                Ok(n) => n.extract()?,
+                Err(e) if is_again(py, &e)? => break,
+                Err(e) => return Err(e),
+            };
+            let len = data.len()?;
+            let mut st = this.st.borrow_mut(py);
+            if count < len {
+                let rest = data.get_item(PySlice::new(py, count as isize, len as isize, 1))?;
+                st.backlog[0] = rest.unbind();
+                st.backlog_size -= count;
+            } else {
+                st.backlog.pop_front();
+                st.backlog_size -= len;
+            }
+        }
+        Self::process_outgoing(slf)
+    }
+
+    /// Hands the encrypted records to the transport below (unless it asked us to wait),
+    /// then applies the application's flow control.
+    fn process_outgoing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if !this.st.borrow(py).ssl_writing_paused {
+            let data = this.ssl.drain.bind(py).call0()?;
+            let data = data.cast::<PyBytes>()?;
+            if !data.as_bytes().is_empty() {
+                this.lower_write(py, data)?;
+            }
+        }
+        Self::control_app_writing(slf)
+    }
+
+    fn write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
+        let pending = Ssl::pending(py, &self.ssl.outgoing)?;
+        Ok(pending + self.st.borrow(py).backlog_size)
+    }
+
+    fn control_app_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        // Unless the transport below is paused, `process_outgoing` has just emptied the
+        // outgoing BIO: only the backlog counts, and the BIO need not be asked.
+        let paused_below = this.st.borrow(py).ssl_writing_paused;
+        let size = if paused_below {
+            this.write_buffer_size(py)?
+        } else {
+            this.st.borrow(py).backlog_size
+        };
+        let name = {
+            let mut st = this.st.borrow_mut(py);
+            if size >= st.out_high && !st.app_writing_paused {
+                st.app_writing_paused = true;
+                "pause_writing"
+            } else if size <= st.out_low && st.app_writing_paused {
+                st.app_writing_paused = false;
+                "resume_writing"
+            } else {
+                return Ok(());
+            }
+        };
+        let Some(protocol) = this.app_protocol(py) else {
+            return Ok(());
+        };
+        match protocol.bind(py).call_method0(name) {
+            Ok(_) => Ok(()),
+            Err(e) if is_base_exit(py, &e) => Err(e),
+            Err(e) => {
+                let ctx = PyDict::new(py);
+                ctx.set_item("message", format!("protocol.{name}() failed"))?;
+                ctx.set_item("exception", e.into_value(py))?;
+                ctx.set_item("transport", this.st.borrow(py).app_transport.as_ref())?;
+                ctx.set_item("protocol", slf)?;
+                self_loop(this, py).call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+                Ok(())
+            }
+        }
+    }
+
+    // -- incoming -------------------------------------------------------------------------
+
+    fn do_read(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if !matches!(this.phase(py), Phase::Wrapped | Phase::Flushing) {
+            return Ok(());
+        }
+        let result = (|| {
+            if !this.st.borrow(py).app_reading_paused {
+                let buffered = match &this.st.borrow(py).app_reader {
+                    AppReader::Data => None,
+                    AppReader::Buffered(g, u) => Some((g.clone_ref(py), u.clone_ref(py))),
+                };
+                match buffered {
+                    Some((get_buffer, updated)) => Self::read_buffered(slf, &get_buffer, &updated)?,
+                    None => Self::read_copied(slf)?,
+                }
+                if this.st.borrow(py).backlog.is_empty() {
+                    Self::process_outgoing(slf)?;
+                } else {
+                    Self::do_write(slf)?;
+                }
+            }
+            Self::control_ssl_reading(slf)
+        })();
+        if let Err(e) = catch_exception(py, result)? {
+            Self::fatal_error(slf, e, "Fatal error on SSL protocol")?;
+        }
+        Ok(())
+    }
+
+    /// Decrypts what has arrived and hands it to `data_received` in one piece.
+    fn read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let read = this.ssl.read.bind(py);
+        let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
+        let mut eof = false;
+        loop {
+            match read.call1((MAX_READ,)) {
+                Ok(chunk) => {
+                    if chunk.len()? == 0 {
+                        eof = true; // close_notify
+                        break;
+                    }
+                    chunks.push(chunk);
+                    // A read returns at most one record, and `MAX_READ` exceeds any record,
+                    // so with the incoming BIO empty the next read can only want more.
+                    if Ssl::pending(py, &this.ssl.incoming)? == 0 {
+                        break;
+                    }
+                }
+                Err(e) if is_again(py, &e)? => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if !chunks.is_empty() {
+            let data = if chunks.len() == 1 {
+                chunks.pop().expect("one chunk")
+            } else {
+                PyBytes::new(py, b"").call_method1(intern!(py, "join"), (chunks,))?
+            };
+            if let Some(protocol) = this.app_protocol(py) {
+                protocol
+                    .bind(py)
+                    .call_method1(intern!(py, "data_received"), (data,))?;
+            }
+        }
+        if eof {
+            Self::call_eof_received(slf)?;
+            Self::start_shutdown(slf)?;
+        }
+        Ok(())
+    }
+
+    /// Decrypts into the application's buffer (`get_buffer`/`buffer_updated`).
+    fn read_buffered(
+        slf: &Bound<'_, Self>,
+        get_buffer: &Py<PyAny>,
+        buffer_updated: &Py<PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let hint = Ssl::pending(py, &this.ssl.incoming)?;
+        let buf = get_buffer.bind(py).call1((hint,))?;
+        let view = PyMemoryView::from(&buf)?;
+        let wants = view.len()?;
+        let read = this.ssl.read.bind(py);
+        let mut offset = 0;
+        let mut count = 1;
+        loop {
+            let target = if offset == 0 {
+                view.clone().into_any()
+            } else {
+                view.get_item(PySlice::new(py, offset as isize, wants as isize, 1))?
+            };
+            match read.call1((wants - offset, target)) {
+                Ok(n) => count = n.extract::<usize>()?,
+                Err(e) if is_again(py, &e)? => break,
+                Err(e) => return Err(e),
+            }
+            if count == 0 {
+                break;
+            }
+            offset += count;
+            if offset >= wants {
+                // The buffer is full: come back for the rest on the next iteration.
+                this.call_soon(py, slf.getattr(intern!(py, "_do_read"))?)?;
+                break;
+            }
+        }
+        drop(view);
+        if offset > 0 {
+            buffer_updated.bind(py).call1((offset,))?;
+        }
+        if count == 0 {
+            Self::call_eof_received(slf)?;
+            Self::start_shutdown(slf)?;
+        }
+        Ok(())
+    }
+
+    fn call_eof_received(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let protocol = {
+            let mut st = this.st.borrow_mut(py);
+            if st.app != AppState::Made {
+                return Ok(());
+            }
+            st.app = AppState::Eof;
+            st.app_protocol.as_ref().map(|p| p.clone_ref(py))
+        };
+        let Some(protocol) = protocol else {
+            return Ok(());
+        };
+        match protocol.bind(py).call_method0(intern!(py, "eof_received")) {
+            Ok(keep_open) => {
+                if keep_open.is_truthy()? {
+                    logger(py)?.call_method1(
+                        intern!(py, "warning"),
+                        ("returning true from eof_received() has no effect when using ssl",),
+                    )?;
+                }
+                Ok(())
+            }
+            Err(e) if is_base_exit(py, &e) => Err(e),
+            Err(e) => Self::fatal_error(slf, e, "Error calling eof_received()"),
+        }
+    }
+
+    /// Pauses the transport below while too much undecrypted data waits, resumes it after.
+    fn control_ssl_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let size = Ssl::pending(py, &this.ssl.incoming)?;
+        let method = {
+            let mut st = this.st.borrow_mut(py);
+            if size >= st.in_high && !st.ssl_reading_paused {
+                st.ssl_reading_paused = true;
+                intern!(py, "pause_reading")
+            } else if size <= st.in_low && st.ssl_reading_paused {
+                st.ssl_reading_paused = false;
+                intern!(py, "resume_reading")
+            } else {
+                return Ok(());
+            }
+        };
+        this.lower_call(py, method)
+    }
+}
+
+fn self_loop<'a, 'py>(this: &'a TlsProtocol, py: Python<'py>) -> &'a Bound<'py, CoreLoop> {
+    this.event_loop.bind(py)
+}
+
+#[pymethods]
+impl TlsProtocol {
+    /// asyncio's `SSLProtocol(loop, app_protocol, sslcontext, waiter, server_side,
+    /// server_hostname, call_connection_made, ssl_handshake_timeout, ssl_shutdown_timeout)`;
+    /// `sslcontext` is a real `ssl.SSLContext` (the caller makes the default one).
+    #[new]
+    #[pyo3(signature = (
+        event_loop, app_protocol, sslcontext, waiter=None, server_side=false,
+        server_hostname=None, call_connection_made=true, ssl_handshake_timeout=None,
+        ssl_shutdown_timeout=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        event_loop: Bound<'_, CoreLoop>,
+        app_protocol: Bound<'_, PyAny>,
+        sslcontext: Bound<'_, PyAny>,
+        waiter: Option<Bound<'_, PyAny>>,
+        server_side: bool,
+        server_hostname: Option<Bound<'_, PyAny>>,
+        call_connection_made: bool,
+        ssl_handshake_timeout: Option<Bound<'_, PyAny>>,
+        ssl_shutdown_timeout: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let handshake_timeout = timeout_arg(
+            "ssl_handshake_timeout",
+            ssl_handshake_timeout.as_ref(),
+            HANDSHAKE_TIMEOUT,
+        )?;
+        let (shutdown_timeout, _) = timeout_arg(
+            "ssl_shutdown_timeout",
+            ssl_shutdown_timeout.as_ref(),
+            SHUTDOWN_TIMEOUT,
+        )?;
+        let server_hostname = match server_hostname {
+            Some(h) if !server_side && h.is_truthy()? => h.unbind(),
+            _ => py.None(),
+        };
+        let errors = ssl_errors(py)?;
+        let incoming = errors.memory_bio.bind(py).call0()?;
+        let outgoing = errors.memory_bio.bind(py).call0()?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("server_side", server_side)?;
+        kwargs.set_item("server_hostname", server_hostname)?;
+        let obj = sslcontext.call_method(
+            intern!(py, "wrap_bio"),
+            (&incoming, &outgoing),
+            Some(&kwargs),
+        )?;
+        let extra = PyDict::new(py);
+        extra.set_item("sslcontext", &sslcontext)?;
+        let ssl = Ssl {
+            read: obj.getattr(intern!(py, "read"))?.unbind(),
+            write: obj.getattr(intern!(py, "write"))?.unbind(),
+            feed: incoming.getattr(intern!(py, "write"))?.unbind(),
+            drain: outgoing.getattr(intern!(py, "read"))?.unbind(),
+            obj: obj.unbind(),
+            incoming: incoming.unbind(),
+            outgoing: outgoing.unbind(),
+        };
+        let (in_high, in_low) = water_marks(None, None, READ_HIGH_WATER)?;
+        let (out_high, out_low) = water_marks(None, None, WRITE_HIGH_WATER)?;
+        Ok(TlsProtocol {
+            event_loop: event_loop.unbind(),
+            ssl,
+            extra: extra.unbind(),
+            server_side,
+            handshake_timeout,
+            shutdown_timeout,
+            st: GilCell::new(State {
+                phase: Phase::Unwrapped,
+                app: if call_connection_made {
+                    AppState::Init
+                } else {
+                    AppState::Made
+                },
+                app_reader: app_reader(py, &app_protocol)?,
+                app_protocol: Some(app_protocol.unbind()),
+                app_transport: None,
+                app_transport_created: false,
+                lower: None,
+                lower_native: None,
+                waiter: waiter.filter(|w| !w.is_none()).map(Bound::unbind),
+                handshake_timer: None,
+                shutdown_timer: None,
+                handshake_start: None,
+                backlog: VecDeque::new(),
+                backlog_size: 0,
+                conn_lost: 0,
+                eof_received: false,
+                ssl_writing_paused: false,
+                ssl_reading_paused: false,
+                app_reading_paused: false,
+                app_writing_paused: false,
+                in_high,
+                in_low,
+                out_high,
+                out_low,
+            }),
+        })
+    }
+
+    /// The transport the application protocol sees.
+    #[getter]
+    fn _app_transport(slf: &Bound<'_, Self>) -> PyResult<Option<Py<TlsTransport>>> {
+        Self::app_transport(slf)
+    }
+
+    fn connection_made(slf: &Bound<'_, Self>, transport: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut st = slf.get().st.borrow_mut(py);
+            st.lower_native = transport
+                .cast::<StreamTransport>()
+                .ok()
+                .map(|t| t.clone().unbind());
+            st.lower = Some(transport.unbind());
+        }
+        Self::start_handshake(slf)
+    }
+
+    fn data_received(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.ssl.feed.bind(py).call1((data,))?;
+        match this.phase(py) {
+            Phase::Handshake => Self::do_handshake(slf),
+            Phase::Wrapped => Self::do_read(slf),
+            Phase::Flushing => Self::do_flush(slf),
+            Phase::Shutdown => Self::do_shutdown(slf),
+            Phase::Unwrapped => Ok(()),
+        }
+    }
+
+    fn eof_received(slf: &Bound<'_, Self>) -> PyResult<Option<bool>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.st.borrow_mut(py).eof_received = true;
+        let result = (|| {
+            if this.debug(py) {
+                logger(py)?.call_method1(intern!(py, "debug"), ("%r received EOF", slf))?;
+            }
+            match this.phase(py) {
+                Phase::Handshake => {
+                    let e = PyConnectionResetError::new_err(());
+                    Self::on_handshake_complete(slf, Some(e))?;
+                }
+                Phase::Wrapped => {
+                    this.set_phase(py, Phase::Flushing)?;
+                    if this.st.borrow(py).app_reading_paused {
+                        return Ok(Some(true));
+                    }
+                    Self::do_flush(slf)?;
+                }
+                Phase::Flushing => {
+                    Self::do_write(slf)?;
+                    this.set_phase(py, Phase::Shutdown)?;
+                    Self::do_shutdown(slf)?;
+                }
+                Phase::Shutdown => Self::do_shutdown(slf)?,
+                Phase::Unwrapped => {}
+            }
+            Ok(None)
+        })();
+        if result.is_err() {
+            this.lower_call(py, intern!(py, "close"))?;
+        }
+        result
+    }
+
+    #[pyo3(signature = (exc=None))]
+    fn connection_lost(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let backlog = std::mem::take(&mut this.st.borrow_mut(py).backlog);
+        drop(backlog);
+        this.ssl.drain.bind(py).call0()?;
+        this.st.borrow_mut(py).conn_lost += 1;
+        this.mark_app_transport_closed(py);
+        let lost = {
+            let mut st = this.st.borrow_mut(py);
+            let due =
+                st.phase != Phase::Handshake && matches!(st.app, AppState::Made | AppState::Eof);
+            if due {
+                st.app = AppState::Lost;
+            }
+            due
+        };
+        if lost {
+            if let Some(protocol) = this.app_protocol(py) {
+                let cb = protocol.bind(py).getattr(intern!(py, "connection_lost"))?;
+                self_loop(this, py).call_method1(intern!(py, "call_soon"), (cb, &exc))?;
+            }
+        }
+        this.set_phase(py, Phase::Unwrapped)?;
+        let (lower, native, app_transport, app_protocol, hs, sd) = {
+            let mut st = this.st.borrow_mut(py);
+            (
+                st.lower.take(),
+                st.lower_native.take(),
+                st.app_transport.take(),
+                st.app_protocol.take(),
+                st.handshake_timer.take(),
+                st.shutdown_timer.take(),
+            )
+        };
+        drop((lower, native, app_transport, app_protocol));
+        this.wakeup_waiter(py, exc.as_ref())?;
+        Self::cancel_timer(py, sd)?;
+        Self::cancel_timer(py, hs)
+    }
+
+    fn pause_writing(&self, py: Python<'_>) {
+        self.st.borrow_mut(py).ssl_writing_paused = true;
+    }
+
+    fn resume_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().st.borrow_mut(slf.py()).ssl_writing_paused = false;
+        Self::process_outgoing(slf)
+    }
+
+    fn _check_handshake_timeout(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let this = slf.get();
+        if this.phase(slf.py()) != Phase::Handshake {
+            return Ok(());
+        }
+        let msg = format!(
+            "SSL handshake is taking longer than {} seconds: aborting the connection",
+            this.handshake_timeout.1
+        );
+        Self::fatal_error(
+            slf,
+            PyConnectionAbortedError::new_err(msg),
+            "Fatal error on transport",
+        )
+    }
+
+    fn _check_shutdown_timeout(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if !matches!(this.phase(py), Phase::Flushing | Phase::Shutdown) {
+            return Ok(());
+        }
+        if let Some(lower) = this.lower(py) {
+            let exc = PyTimeoutError::new_err("SSL shutdown timed out").into_value(py);
+            lower
+                .bind(py)
+                .call_method1(intern!(py, "_force_close"), (exc,))?;
+        }
+        Ok(())
+    }
+
+    /// Continues where the application's resume_reading (or a full buffer) left off.
+    fn _do_read(slf: &Bound<'_, Self>) -> PyResult<()> {
+        match slf.get().phase(slf.py()) {
+            Phase::Wrapped => Self::do_read(slf),
+            Phase::Flushing => Self::do_flush(slf),
+            Phase::Shutdown => Self::do_shutdown(slf),
+            _ => Ok(()),
+        }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let side = if self.server_side { "server" } else { "client" };
+        format!(
+            "<TlsProtocol {side} state={}>",
+            self.st.borrow(py).phase.name()
+        )
+    }
+}
+
+/// The transport an application protocol sees on a TLS connection (asyncio:
+/// `_SSLProtocolTransport`). Its `__class__` is `asyncio.Transport`.
+#[pyclass(frozen, weakref, module = "ferroloop._ferroloop")]
+pub struct TlsTransport {
+    proto: Py<TlsProtocol>,
+    closed: GilCell<bool>,
+}
+
+impl TlsTransport {
+    fn proto<'py>(&self, py: Python<'py>) -> &Bound<'py, TlsProtocol> {
+        self.proto.bind(py)
+    }
+}
+
+#[pymethods]
+impl TlsTransport {
+    #[getter]
+    fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        static TRANSPORT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        asyncio_class(py, &TRANSPORT, "Transport")
+    }
+
+    /// `loop.start_tls` may wrap this transport again (TLS in TLS).
+    #[getter]
+    fn _start_tls_compatible(&self) -> bool {
+        true
+    }
+
+    #[pyo3(signature = (name, default=None))]
+    fn get_extra_info(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let proto = self.proto(py).get();
+        if let Some(v) = proto.extra.bind(py).get_item(name)? {
+            return Ok(v.unbind());
+        }
+        let default = default.unwrap_or_else(|| py.None());
+        match proto.lower(py) {
+            Some(lower) => Ok(lower
+                .bind(py)
+                .call_method1(intern!(py, "get_extra_info"), (name, default))?
+                .unbind()),
+            None => Ok(default),
+        }
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
+        self.proto(py).get().set_app_protocol(py, &protocol)
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.proto(py).get().app_protocol(py)
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        *self.closed.borrow(py)
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if std::mem::replace(&mut *self.closed.borrow_mut(py), true) {
+            return Ok(());
+        }
+        TlsProtocol::start_shutdown(self.proto(py))
+    }
+
+    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+        *self.closed.borrow_mut(py) = true;
+        self.proto(py).get().abort(py)
+    }
+
+    #[pyo3(signature = (exc=None))]
+    fn _force_close(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        drop(exc);
+        self.abort(py)
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        !self.proto(py).get().st.borrow(py).app_reading_paused
+    }
+
+    fn pause_reading(&self, py: Python<'_>) {
+        self.proto(py).get().st.borrow_mut(py).app_reading_paused = true;
+    }
+
+    fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
+        let proto = self.proto(py);
+        if !std::mem::replace(&mut proto.get().st.borrow_mut(py).app_reading_paused, false) {
+            return Ok(());
+        }
+        proto
+            .get()
+            .call_soon(py, proto.getattr(intern!(py, "_do_read"))?)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        &self,
+        py: Python<'_>,
+        high: Option<i64>,
+        low: Option<i64>,
+    ) -> PyResult<()> {
+        let proto = self.proto(py);
+        let (h, l) = water_marks(high, low, WRITE_HIGH_WATER)?;
+        {
+            let mut st = proto.get().st.borrow_mut(py);
+            st.out_high = h;
+            st.out_low = l;
+        }
+        TlsProtocol::control_app_writing(proto)
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let st = self.proto(py).get().st.borrow(py);
+        (st.out_low, st.out_high)
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
+        self.proto(py).get().write_buffer_size(py)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_read_buffer_limits(
+        &self,
+        py: Python<'_>,
+        high: Option<i64>,
+        low: Option<i64>,
+    ) -> PyResult<()> {
+        let proto = self.proto(py);
+        let (h, l) = water_marks(high, low, READ_HIGH_WATER)?;
+        {
+            let mut st = proto.get().st.borrow_mut(py);
+            st.in_high = h;
+            st.in_low = l;
+        }
+        TlsProtocol::control_ssl_reading(proto)
+    }
+
+    fn get_read_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let st = self.proto(py).get().st.borrow(py);
+        (st.in_low, st.in_high)
+    }
+
+    fn get_read_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
+        Ssl::pending(py, &self.proto(py).get().ssl.incoming)
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.proto(py).get().st.borrow(py).app_writing_paused
+    }
+
+    fn write(&self, py: Python<'_>, data: Bound<'_, PyAny>) -> PyResult<()> {
+        let ok = data.is_instance_of::<PyBytes>()
+            || data.is_instance_of::<PyByteArray>()
+            || data.is_instance_of::<PyMemoryView>();
+        if !ok {
+            return Err(PyTypeError::new_err(format!(
+                "data: expecting a bytes-like instance, got {}",
+                data.get_type().name()?
+            )));
+        }
+        if !data.is_truthy()? {
+            return Ok(());
+        }
+        TlsProtocol::write_appdata(self.proto(py), vec![data])
+    }
+
+    fn writelines(&self, py: Python<'_>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let items = list_of_data.try_iter()?.collect::<PyResult<Vec<_>>>()?;
+        TlsProtocol::write_appdata(self.proto(py), items)
+    }
+
+    fn write_eof(&self) -> PyResult<()> {
+        Err(PyNotImplementedError::new_err(()))
+    }
+
+    fn can_write_eof(&self) -> bool {
+        false
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let closed = if *self.closed.borrow(py) {
+            " closed"
+        } else {
+            ""
+        };
+        format!("<TlsTransport{closed} {}>", self.proto.get().__repr__(py))
+    }
+}

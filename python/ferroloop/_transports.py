@@ -42,6 +42,14 @@ class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
     __slots__ = ()
 
 
+class SSLTransport(asyncio.Transport):
+    """The class ferroloop's (Rust) TLS transports report as ``__class__``: an
+    ``asyncio.Transport`` with "SSL" in its name, as asyncio's own TLS transport has.
+    Never instantiated."""
+
+    __slots__ = ()
+
+
 def _sendfile_mode(transport) -> str:
     # asyncio marks transports with a private enum; compare its member names, not the enum.
     if isinstance(transport, _ferroloop.StreamTransport):

@@ -34,8 +34,16 @@ use crate::gil_cell::GilCell;
 
 use super::{asyncio_class, is_base_exit, water_marks, StreamTransport};
 
-/// Bytes asked of each decrypting `read` (asyncio's `SSLProtocol.max_size`).
-const MAX_READ: usize = 256 * 1024;
+/// Bytes asked of each decrypting `read`: more than a TLS record's plaintext (16 KiB), so
+/// one read takes a whole record. (asyncio asks for 256 KiB, which makes `SSLObject.read`
+/// allocate, and the allocator map and unmap, 256 KiB per record.)
+const READ_CHUNK: usize = 64 * 1024;
+
+thread_local! {
+    /// The buffer records are decrypted into before the plaintext is copied out.
+    static READ_BUFFER: std::cell::RefCell<Option<Py<PyByteArray>>> =
+        const { std::cell::RefCell::new(None) };
+}
 /// Unread TLS data that pauses the socket (asyncio's `FLOW_CONTROL_HIGH_WATER_SSL_READ`).
 const READ_HIGH_WATER: usize = 256 * 1024;
 /// Unsent application data that pauses the application (`FLOW_CONTROL_HIGH_WATER_SSL_WRITE`).
@@ -750,37 +758,19 @@ impl TlsProtocol {
     fn read_copied(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let read = this.ssl.read.bind(py);
-        let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
-        let mut eof = false;
-        loop {
-            match read.call1((MAX_READ,)) {
-                Ok(chunk) => {
-                    if chunk.len()? == 0 {
-                        eof = true; // close_notify
-                        break;
-                    }
-                    chunks.push(chunk);
-                    // A read returns at most one record, and `MAX_READ` exceeds any record,
-                    // so with the incoming BIO empty the next read can only want more.
-                    if Ssl::pending(py, &this.ssl.incoming)? == 0 {
-                        break;
-                    }
-                }
-                Err(e) if is_again(py, &e)? => break,
-                Err(e) => return Err(e),
-            }
-        }
-        if !chunks.is_empty() {
-            let data = if chunks.len() == 1 {
-                chunks.pop().expect("one chunk")
-            } else {
-                PyBytes::new(py, b"").call_method1(intern!(py, "join"), (chunks,))?
-            };
+        // Taken out while in use: a nested read (from an `ssl` callback) makes its own.
+        let buffer = match READ_BUFFER.with(|b| b.borrow_mut().take()) {
+            Some(b) => b.into_bound(py),
+            None => PyByteArray::new(py, &[0; READ_CHUNK]),
+        };
+        let result = this.decrypt_into(py, &buffer);
+        READ_BUFFER.with(|b| *b.borrow_mut() = Some(buffer.unbind()));
+        let (data, eof) = result?;
+        if !data.is_empty() {
             if let Some(protocol) = this.app_protocol(py) {
                 protocol
                     .bind(py)
-                    .call_method1(intern!(py, "data_received"), (data,))?;
+                    .call_method1(intern!(py, "data_received"), (PyBytes::new(py, &data),))?;
             }
         }
         if eof {
@@ -788,6 +778,35 @@ impl TlsProtocol {
             Self::start_shutdown(slf)?;
         }
         Ok(())
+    }
+
+    /// Decrypts every complete record the incoming BIO holds, through `buffer`. Returns the
+    /// plaintext and whether the peer's `close_notify` came.
+    fn decrypt_into(
+        &self,
+        py: Python<'_>,
+        buffer: &Bound<'_, PyByteArray>,
+    ) -> PyResult<(Vec<u8>, bool)> {
+        let read = self.ssl.read.bind(py);
+        let mut data = Vec::new();
+        loop {
+            let n: usize = match read.call1((READ_CHUNK, buffer)) {
+                Ok(n) => n.extract()?,
+                Err(e) if is_again(py, &e)? => return Ok((data, false)),
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Ok((data, true)); // close_notify
+            }
+            // SAFETY: no Python code runs while the slice is borrowed, so the bytearray
+            // (ours, never handed out) cannot be resized or written meanwhile.
+            data.extend_from_slice(unsafe { &buffer.as_bytes()[..n] });
+            // A read stops at the end of a record. If it did not fill the buffer and the
+            // incoming BIO is empty, the next read could only raise SSLWantReadError.
+            if n < READ_CHUNK && Ssl::pending(py, &self.ssl.incoming)? == 0 {
+                return Ok((data, false));
+            }
+        }
     }
 
     /// Decrypts into the application's buffer (`get_buffer`/`buffer_updated`).

@@ -125,8 +125,8 @@ impl Phase {
         )
     }
 
-    /// Writes from the application are refused (the connection is closing or closed).
-    fn refuses_writes(self) -> bool {
+    /// The connection is closing or closed: writes are refused, shutdown has begun.
+    fn is_closing(self) -> bool {
         matches!(self, Phase::Flushing | Phase::Shutdown | Phase::Unwrapped)
     }
 }
@@ -529,12 +529,12 @@ impl TlsProtocol {
         let py = slf.py();
         let this = slf.get();
         let phase = this.phase(py);
-        if phase.refuses_writes() {
+        if phase.is_closing() {
             return Ok(());
         }
         this.mark_app_transport_closed(py);
         if phase == Phase::Handshake {
-            return this.abort(py);
+            return this.abort(py, None);
         }
         this.set_phase(py, Phase::Flushing)?;
         let cb = slf.getattr(intern!(py, "_check_shutdown_timeout"))?;
@@ -588,9 +588,17 @@ impl TlsProtocol {
         }
     }
 
-    fn abort(&self, py: Python<'_>) -> PyResult<()> {
+    /// Closes the transport below at once: `abort()`, or `_force_close(exc)` with an
+    /// exception for the application's `connection_lost`.
+    fn abort(&self, py: Python<'_>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         self.set_phase(py, Phase::Unwrapped)?;
-        self.lower_call(py, intern!(py, "abort"))
+        match (exc, self.lower(py)) {
+            (Some(exc), Some(lower)) => lower
+                .bind(py)
+                .call_method1(intern!(py, "_force_close"), (exc,))
+                .map(drop),
+            _ => self.lower_call(py, intern!(py, "abort")),
+        }
     }
 
     // -- outgoing -------------------------------------------------------------------------
@@ -600,7 +608,7 @@ impl TlsProtocol {
         let this = slf.get();
         {
             let mut st = this.st.borrow_mut(py);
-            if st.phase.refuses_writes() {
+            if st.phase.is_closing() {
                 let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
                 st.conn_lost += 1;
                 drop(st);
@@ -1260,13 +1268,15 @@ impl TlsTransport {
 
     fn abort(&self, py: Python<'_>) -> PyResult<()> {
         *self.closed.borrow_mut(py) = true;
-        self.proto(py).get().abort(py)
+        self.proto(py).get().abort(py, None)
     }
 
+    /// Closes at once; `exc` reaches the application's `connection_lost` (as in asyncio
+    /// 3.12+; 3.11's version of this method fails with a `TypeError`).
     #[pyo3(signature = (exc=None))]
     fn _force_close(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
-        drop(exc);
-        self.abort(py)
+        *self.closed.borrow_mut(py) = true;
+        self.proto(py).get().abort(py, exc.as_ref())
     }
 
     fn is_reading(&self, py: Python<'_>) -> bool {

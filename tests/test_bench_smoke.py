@@ -16,6 +16,7 @@ from ferroloop.bench import (
     runner,
     sock_echo,
     spawn,
+    tls_echo,
     udp_echo,
 )
 
@@ -31,6 +32,34 @@ def test_echo_harness_rejects_a_corrupting_server():
     lines: list[str] = []
     assert sock_echo.selftest(_settings(), log=lines.append), "\n".join(lines)
     assert len(lines) == 3
+
+
+needs_openssl = pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="needs openssl for the certificate"
+)
+
+
+@needs_openssl
+def test_tls_echo_harness_rejects_a_corrupting_server():
+    """The TLS client verifies the certificate and every byte: corrupted plaintext must fail."""
+    lines: list[str] = []
+    assert tls_echo.selftest(_settings(), log=lines.append), "\n".join(lines)
+    assert len(lines) == 3
+
+
+@needs_openssl
+def test_tls_echo_on_ferroloop_measures_or_is_unsupported():
+    """A loop without TLS shows as unsupported (not an error); with TLS it must pass."""
+    result = tls_echo.measure_tls_echo("ferroloop", 1024, _settings(), warmup=0.1, duration=0.2)
+    assert result.status in (registry.OK, registry.UNSUPPORTED), result.detail
+
+
+def test_tls_echo_without_openssl_is_unsupported(monkeypatch):
+    monkeypatch.setattr(tls_echo, "_certificate", None)
+    monkeypatch.setattr(tls_echo.shutil, "which", lambda name: None)
+    result = tls_echo.measure_tls_echo("asyncio", 1024, _settings())
+    assert result.status == registry.UNSUPPORTED
+    assert "openssl" in result.detail
 
 
 def test_udp_harness_rejects_a_corrupting_server():
@@ -94,6 +123,7 @@ def test_registry_selection():
     floored = {w.name for w in registry.all_workloads() if w.runs(registry.FLOOR)}
     assert {"echo_protocol_1k", "echo_protocol_100k", "http_keepalive"} <= floored
     assert "call_soon" not in floored and "echo_streams_1k" not in floored
+    assert "tls_echo_1k" in quick and "tls_echo_1k" not in floored
 
 
 def test_floor_runs_only_where_a_workload_has_it():

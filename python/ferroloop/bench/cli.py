@@ -17,6 +17,7 @@ from . import (
     runner,
     sock_echo,
     subproc,
+    tls_echo,
     udp_echo,
 )
 
@@ -64,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--selftest",
         action="store_true",
-        help="check that the TCP echo, UDP echo and HTTP harnesses reject corrupting "
+        help="check that the TCP echo, TLS echo, UDP echo and HTTP harnesses reject corrupting "
         "servers, then exit",
     )
     parser.add_argument(
@@ -135,7 +136,8 @@ def _main(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.selftest:
         passed = [
-            family.selftest(settings, _log) for family in (sock_echo, udp_echo, http_keepalive)
+            family.selftest(settings, _log)
+            for family in (sock_echo, tls_echo, udp_echo, http_keepalive)
         ]
         return 0 if all(passed) else 1
     try:

@@ -20,6 +20,7 @@ FAMILIES: tuple[str, ...] = (
     "micro",
     "spawn",
     "tcp_echo",
+    "tls_echo",
     "sock_echo",
     "http_keepalive",
     "udp_echo",

@@ -11,6 +11,9 @@ with ``loop.create_server`` (streams: ``asyncio.start_server``):
   ``buffer_updated(n)`` writes a copy of its first ``n`` bytes (as uvloop's own benchmark does:
   the transport may keep what it cannot send at once, and the buffer is refilled next).
 
+Given a certificate (``certfile``/``keyfile``), each server listens with TLS (``ssl=`` a server
+context from :func:`echo.tls_server_context`); ``tls_echo`` measures that.
+
 The Protocol workloads also run the **floor**: the plain Rust epoll echo server (``floor.py``).
 The load generator, content verification and measured window are those of ``echo.py``.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -65,7 +69,9 @@ class _EchoBufferedProtocol(asyncio.BufferedProtocol):
         self.transport.write(data if self.tamper is None else self.tamper(data))
 
 
-async def _serve_protocol(loop: asyncio.AbstractEventLoop, kind: str, corrupt: str) -> None:
+async def _serve_protocol(
+    loop: asyncio.AbstractEventLoop, kind: str, corrupt: str, tls: ssl.SSLContext | None
+) -> None:
     factory: Callable[[], asyncio.BaseProtocol]
     if kind == "buffered":
         factory = functools.partial(_EchoBufferedProtocol, corrupt)
@@ -74,13 +80,15 @@ async def _serve_protocol(loop: asyncio.AbstractEventLoop, kind: str, corrupt: s
     else:
         factory = _EchoProtocol
     listener = echo.listening_socket()
-    server = await loop.create_server(factory, sock=listener)
+    server = await loop.create_server(factory, sock=listener, ssl=tls)
     echo.announce(listener.getsockname()[1])
     async with server:
         await echo.forever()
 
 
-async def _serve_streams(loop: asyncio.AbstractEventLoop, corrupt: str) -> None:
+async def _serve_streams(
+    loop: asyncio.AbstractEventLoop, corrupt: str, tls: ssl.SSLContext | None
+) -> None:
     failure = loop.create_future()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -104,19 +112,28 @@ async def _serve_streams(loop: asyncio.AbstractEventLoop, corrupt: str) -> None:
             writer.close()
 
     listener = echo.listening_socket()
-    server = await asyncio.start_server(handle, sock=listener)
+    server = await asyncio.start_server(handle, sock=listener, ssl=tls)
     echo.announce(listener.getsockname()[1])
     async with server:
         await failure
 
 
-def server(kind: str, contestant: str, cpu: int | None = None, corrupt: str = "") -> dict:
-    """Child process: an echo server of ``kind`` ("protocol", "streams" or "buffered")."""
+def server(
+    kind: str,
+    contestant: str,
+    cpu: int | None = None,
+    corrupt: str = "",
+    certfile: str = "",
+    keyfile: str = "",
+) -> dict:
+    """Child process: an echo server of ``kind`` ("protocol", "streams" or "buffered"),
+    speaking TLS with ``certfile``/``keyfile`` when given."""
+    tls = echo.tls_server_context(certfile, keyfile) if certfile else None
 
     def serve(loop: asyncio.AbstractEventLoop) -> Coroutine[Any, Any, None]:
         if kind == "streams":
-            return _serve_streams(loop, corrupt)
-        return _serve_protocol(loop, kind, corrupt)
+            return _serve_streams(loop, corrupt, tls)
+        return _serve_protocol(loop, kind, corrupt, tls)
 
     return echo.serve_until_killed(contestant, cpu, serve)
 

@@ -73,7 +73,7 @@ class _UdpClient(asyncio.DatagramProtocol):
         self.run = run
         self.index = index
         self.sent = 0
-        self.expected = run.pool[: run.size]
+        self.offset = 0  # in the run's pool: the datagram awaiting its echo
         self.transport: asyncio.DatagramTransport | None = None
         self.closed = run.loop.create_future()
 
@@ -86,12 +86,12 @@ class _UdpClient(asyncio.DatagramProtocol):
         if not run.running:
             self.transport.close()
             return
-        self.expected = run.message(self.index, self.sent)
+        self.offset = run.offset(self.index, self.sent)
         self.sent += 1
-        self.transport.sendto(self.expected)
+        self.transport.sendto(run.pool[self.offset : self.offset + run.size])
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
-        if data != self.expected:
+        if len(data) != self.run.size or not self.run.echoes(self.offset, data):
             self.run.fail(
                 f"content mismatch: socket {self.index}, datagram {self.sent}: got "
                 f"{len(data)} bytes that differ from the {self.run.size} sent"

@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Libraries built on asyncio that tests/test_libraries.py runs on ferroloop.
+LIBRARY_TEST_DEPS := aiohttp websockets uvicorn starlette twisted
 
 .PHONY: help venv develop build test test-rust test-py lint fmt conformance bench clean
 
@@ -11,7 +13,7 @@ help: ## List the targets
 venv: ## Create the virtualenv with the build and test tools
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "maturin>=1.5,<2" "pytest>=7" ruff
+	$(PY) -m pip install -q "maturin>=1.5,<2" "pytest>=7" ruff $(LIBRARY_TEST_DEPS)
 
 develop: venv ## Build the extension (release) and install it into the virtualenv
 	$(VENV)/bin/maturin develop --release -q

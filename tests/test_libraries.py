@@ -1,0 +1,224 @@
+"""The libraries built on asyncio, on each loop: aiohttp (HTTP, HTTPS, WebSocket), websockets,
+uvicorn serving a Starlette app, and Twisted's asyncio reactor.
+
+Each library is optional: its tests are skipped when it is not installed (``make venv``
+installs them). Everything binds 127.0.0.1 port 0; TLS uses the suite's own certificates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from _netkit import payload, run
+from _tlskit import client_context, server_context
+
+
+def _listening_socket():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+# -- aiohttp ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_aiohttp_server_and_client(loop, tls):
+    aiohttp = pytest.importorskip("aiohttp")
+    from aiohttp import web
+
+    async def hello(request):
+        return web.Response(text="hello " + request.match_info["name"])
+
+    async def echo(request):
+        return web.Response(body=await request.read())
+
+    async def shout(request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            await ws.send_str(message.data.upper())
+        return ws
+
+    async def main():
+        app = web.Application(client_max_size=8 << 20)
+        app.add_routes(
+            [web.get("/hello/{name}", hello), web.post("/echo", echo), web.get("/ws", shout)]
+        )
+        runner = web.AppRunner(app)
+        await runner.setup()
+        sock = _listening_socket()
+        site = web.SockSite(runner, sock, ssl_context=server_context() if tls else None)
+        await site.start()
+        port = sock.getsockname()[1]
+        base = f"{'https' if tls else 'http'}://localhost:{port}"
+        ssl = client_context() if tls else True  # True: aiohttp's default checks
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"{base}/hello/bob", ssl=ssl) as r:
+                    assert r.status == 200
+                    assert await r.text() == "hello bob"
+                body = payload(3 << 20)
+                async with session.post(f"{base}/echo", data=body, ssl=ssl) as r:
+                    assert await r.read() == body
+                ws_url = f"{'wss' if tls else 'ws'}://localhost:{port}/ws"
+                async with session.ws_connect(ws_url, ssl=ssl) as ws:
+                    for i in range(20):
+                        await ws.send_str(f"m{i}")
+                        assert (await ws.receive()).data == f"M{i}"
+
+                async def get(i):
+                    async with session.get(f"{base}/hello/{i}", ssl=ssl) as r:
+                        return await r.text()
+
+                texts = await asyncio.gather(*(get(i) for i in range(30)))
+                assert texts == [f"hello {i}" for i in range(30)]
+        finally:
+            await runner.cleanup()
+
+    run(loop, main())
+
+
+# -- websockets ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+def test_websockets_echo(loop, tls):
+    websockets = pytest.importorskip("websockets")
+
+    async def reverse(ws):
+        async for message in ws:
+            await ws.send(message[::-1])
+
+    async def main():
+        ssl = server_context() if tls else None
+        async with websockets.serve(reverse, "127.0.0.1", 0, ssl=ssl) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            uri = f"{'wss' if tls else 'ws'}://localhost:{port}"
+            async with websockets.connect(uri, ssl=client_context() if tls else None) as ws:
+                for i in range(50):
+                    await ws.send(f"abc{i}")
+                    assert await ws.recv() == f"abc{i}"[::-1]
+                big = payload(512 << 10)  # under websockets' 1 MiB limit once framed
+                await ws.send(big)
+                assert await ws.recv() == big[::-1]
+
+    run(loop, main())
+
+
+# -- uvicorn + Starlette ------------------------------------------------------------------
+
+
+def test_uvicorn_serves_starlette(loop):
+    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("starlette")
+    aiohttp = pytest.importorskip("aiohttp")
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+
+    async def home(request):
+        return PlainTextResponse("home")
+
+    async def mirror(request):
+        return JSONResponse(await request.json())
+
+    app = Starlette(routes=[Route("/", home), Route("/json", mirror, methods=["POST"])])
+
+    async def main():
+        sock = _listening_socket()
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+        try:
+            while not server.started:
+                assert not serving.done(), serving.exception()
+                await asyncio.sleep(0.01)  # uvicorn has no startup event to await
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{port}/") as r:
+                    assert await r.text() == "home"
+                doc = {"a": [1, 2], "b": "x" * 10000}
+                async with session.post(f"http://127.0.0.1:{port}/json", json=doc) as r:
+                    assert await r.json() == doc
+        finally:
+            server.should_exit = True
+            await serving
+            sock.close()
+
+    run(loop, main())
+
+
+# -- Twisted ------------------------------------------------------------------------------
+
+# The asyncio reactor is installed once per process, so each loop gets its own interpreter.
+_TWISTED_ECHO = textwrap.dedent(
+    """
+    import asyncio, sys
+    if sys.argv[1] == "ferroloop":
+        import ferroloop
+        loop = ferroloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    from twisted.internet import asyncioreactor
+    asyncioreactor.install(loop)
+    from twisted.internet import defer, protocol, reactor
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+
+    PAYLOAD = bytes(range(256)) * 1000
+
+    class Echo(protocol.Protocol):
+        def dataReceived(self, data):
+            self.transport.write(data)
+
+    class Client(protocol.Protocol):
+        def __init__(self):
+            self.received = b""
+            self.done = defer.Deferred()
+        def dataReceived(self, data):
+            self.received += data
+            if len(self.received) >= len(PAYLOAD):
+                self.done.callback(self.received)
+
+    @defer.inlineCallbacks
+    def main():
+        try:
+            endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+            port = yield endpoint.listen(protocol.Factory.forProtocol(Echo))
+            client = Client()
+            target = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+            yield connectProtocol(target, client)
+            client.transport.write(PAYLOAD)
+            received = yield client.done
+            assert received == PAYLOAD, "echo differs"
+            client.transport.loseConnection()
+            yield port.stopListening()
+            print("echoed", len(received), type(loop).__module__)
+        finally:
+            reactor.stop()
+
+    reactor.callWhenRunning(main)
+    reactor.run()
+    """
+)
+
+
+def test_twisted_asyncio_reactor(loop_kind):
+    pytest.importorskip("twisted")
+    done = subprocess.run(
+        [sys.executable, "-c", _TWISTED_ECHO, loop_kind],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    module = "ferroloop" if loop_kind == "ferroloop" else "asyncio"
+    assert done.stdout.split()[:2] == ["echoed", str(256 * 1000)]
+    assert done.stdout.split()[2].startswith(module)

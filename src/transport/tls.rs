@@ -34,16 +34,25 @@ use crate::gil_cell::GilCell;
 
 use super::{asyncio_class, is_base_exit, water_marks, StreamTransport};
 
-/// Bytes asked of each decrypting `read`: more than a TLS record's plaintext (16 KiB), so
-/// one read takes a whole record. (asyncio asks for 256 KiB, which makes `SSLObject.read`
-/// allocate, and the allocator map and unmap, 256 KiB per record.)
-const READ_CHUNK: usize = 64 * 1024;
+/// Plaintext decrypted per `data_received` call at most (asyncio's `SSLProtocol.max_size`),
+/// the size of the buffer records are decrypted into.
+const READ_BUFFER_SIZE: usize = 256 * 1024;
+/// The most plaintext one TLS record carries (RFC 8446, 5.1).
+const MAX_RECORD: usize = 16 * 1024;
+
+/// Where records are decrypted: a bytearray and a view of it, reused for every read (asyncio
+/// asks `SSLObject.read` for 256 KiB of new `bytes` per record, which the allocator maps and
+/// unmaps each time).
+struct ReadBuffer {
+    bytes: Py<PyByteArray>,
+    view: Py<PyMemoryView>,
+}
 
 thread_local! {
-    /// The buffer records are decrypted into before the plaintext is copied out.
-    static READ_BUFFER: std::cell::RefCell<Option<Py<PyByteArray>>> =
+    static READ_BUFFER: std::cell::RefCell<Option<ReadBuffer>> =
         const { std::cell::RefCell::new(None) };
 }
+
 /// Unread TLS data that pauses the socket (asyncio's `FLOW_CONTROL_HIGH_WATER_SSL_READ`).
 const READ_HIGH_WATER: usize = 256 * 1024;
 /// Unsent application data that pauses the application (`FLOW_CONTROL_HIGH_WATER_SSL_WRITE`).
@@ -768,18 +777,23 @@ impl TlsProtocol {
         let this = slf.get();
         // Taken out while in use: a nested read (from an `ssl` callback) makes its own.
         let buffer = match READ_BUFFER.with(|b| b.borrow_mut().take()) {
-            Some(b) => b.into_bound(py),
-            None => PyByteArray::new(py, &[0; READ_CHUNK]),
-        };
-        let result = this.decrypt_into(py, &buffer);
-        READ_BUFFER.with(|b| *b.borrow_mut() = Some(buffer.unbind()));
-        let (data, eof) = result?;
-        if !data.is_empty() {
-            if let Some(protocol) = this.app_protocol(py) {
-                protocol
-                    .bind(py)
-                    .call_method1(intern!(py, "data_received"), (PyBytes::new(py, &data),))?;
+            Some(b) => b,
+            None => {
+                let bytes = PyByteArray::new(py, &[0; READ_BUFFER_SIZE]);
+                let view = PyMemoryView::from(&bytes)?.unbind();
+                ReadBuffer {
+                    bytes: bytes.unbind(),
+                    view,
+                }
             }
+        };
+        let result = this.decrypt(py, &buffer);
+        READ_BUFFER.with(|b| *b.borrow_mut() = Some(buffer));
+        let (data, eof) = result?;
+        if let (Some(data), Some(protocol)) = (data, this.app_protocol(py)) {
+            protocol
+                .bind(py)
+                .call_method1(intern!(py, "data_received"), (data,))?;
         }
         if eof {
             Self::call_eof_received(slf)?;
@@ -788,33 +802,65 @@ impl TlsProtocol {
         Ok(())
     }
 
-    /// Decrypts every complete record the incoming BIO holds, through `buffer`. Returns the
-    /// plaintext and whether the peer's `close_notify` came.
-    fn decrypt_into(
+    /// Decrypts every complete record the incoming BIO holds, side by side into `buffer`,
+    /// and copies the plaintext out once. Returns it (if any) and whether the peer's
+    /// `close_notify` came.
+    fn decrypt<'py>(
         &self,
-        py: Python<'_>,
-        buffer: &Bound<'_, PyByteArray>,
-    ) -> PyResult<(Vec<u8>, bool)> {
+        py: Python<'py>,
+        buffer: &ReadBuffer,
+    ) -> PyResult<(Option<Bound<'py, PyAny>>, bool)> {
         let read = self.ssl.read.bind(py);
-        let mut data = Vec::new();
+        let (bytes, view) = (buffer.bytes.bind(py), buffer.view.bind(py));
+        // SAFETY (both `as_bytes` below): no Python code runs while the slice is borrowed,
+        // and the bytearray is ours (never handed out; the view pins its size).
+        let copy_out = |filled: usize| PyBytes::new(py, unsafe { &bytes.as_bytes()[..filled] });
+        let mut full: Vec<Bound<'py, PyBytes>> = Vec::new();
+        let mut filled = 0;
+        let mut eof = false;
         loop {
-            let n: usize = match read.call1((READ_CHUNK, buffer)) {
+            if READ_BUFFER_SIZE - filled < MAX_RECORD {
+                full.push(copy_out(filled));
+                filled = 0;
+            }
+            let room = READ_BUFFER_SIZE - filled;
+            let target = if filled == 0 {
+                view.clone().into_any()
+            } else {
+                view.get_item(PySlice::new(
+                    py,
+                    filled as isize,
+                    READ_BUFFER_SIZE as isize,
+                    1,
+                ))?
+            };
+            let n: usize = match read.call1((room, target)) {
                 Ok(n) => n.extract()?,
-                Err(e) if is_again(py, &e)? => return Ok((data, false)),
+                Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
             };
             if n == 0 {
-                return Ok((data, true)); // close_notify
+                eof = true; // close_notify
+                break;
             }
-            // SAFETY: no Python code runs while the slice is borrowed, so the bytearray
-            // (ours, never handed out) cannot be resized or written meanwhile.
-            data.extend_from_slice(unsafe { &buffer.as_bytes()[..n] });
-            // A read stops at the end of a record. If it did not fill the buffer and the
+            filled += n;
+            // A read stops at the end of a record. If it did not fill the room and the
             // incoming BIO is empty, the next read could only raise SSLWantReadError.
-            if n < READ_CHUNK && Ssl::pending(py, &self.ssl.incoming)? == 0 {
-                return Ok((data, false));
+            if n < room && Ssl::pending(py, &self.ssl.incoming)? == 0 {
+                break;
             }
         }
+        let data = match (full.is_empty(), filled) {
+            (true, 0) => None,
+            (true, _) => Some(copy_out(filled).into_any()),
+            (false, _) => {
+                if filled > 0 {
+                    full.push(copy_out(filled));
+                }
+                Some(PyBytes::new(py, b"").call_method1(intern!(py, "join"), (full,))?)
+            }
+        };
+        Ok((data, eof))
     }
 
     /// Decrypts into the application's buffer (`get_buffer`/`buffer_updated`).

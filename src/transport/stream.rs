@@ -31,6 +31,7 @@ use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilCell;
 use crate::sys::{read_fd, recv, send, with_scratch, would_block, write_fd, writev};
 
+use super::tls::TlsProtocol;
 use super::{
     asyncio_class, call_flow_control, close, connection_lost, copy_context, fatal_error,
     force_close, in_context, is_base_exit, schedule_connection_lost, set_interest, Common,
@@ -46,6 +47,8 @@ enum Reader {
     Data(Py<PyAny>),
     /// `protocol.get_buffer` and `protocol.buffer_updated`, bound once.
     Buffered(Py<PyAny>, Py<PyAny>),
+    /// ferroloop's TLS layer: records go from the socket into its incoming BIO in Rust.
+    Tls(Py<TlsProtocol>),
     /// Nothing is read (a write pipe).
     None,
 }
@@ -117,6 +120,9 @@ fn make_reader(py: Python<'_>, kind: Kind, protocol: &Bound<'_, PyAny>) -> PyRes
     if let Kind::WritePipe { .. } = kind {
         // A write pipe never reads: its protocol may be a plain `BaseProtocol`.
         return Ok(Reader::None);
+    }
+    if let Ok(tls) = protocol.cast::<TlsProtocol>() {
+        return Ok(Reader::Tls(tls.clone().unbind()));
     }
     if is_reader_protocol_buffered(py, protocol)? {
         Ok(Reader::Buffered(
@@ -208,6 +214,7 @@ impl StreamTransport {
             let reader = match &st.reader {
                 Reader::Data(f) => Reader::Data(f.clone_ref(py)),
                 Reader::Buffered(g, u) => Reader::Buffered(g.clone_ref(py), u.clone_ref(py)),
+                Reader::Tls(t) => Reader::Tls(t.clone_ref(py)),
                 Reader::None => return Ok(()),
             };
             (st.c.context.clone_ref(py), reader)
@@ -217,6 +224,7 @@ impl StreamTransport {
             Reader::Buffered(get_buffer, updated) => {
                 Self::read_buffered(slf, get_buffer.bind(py), updated.bind(py))
             }
+            Reader::Tls(tls) => Self::read_tls(slf, tls.bind(py)),
             Reader::None => Ok(false),
         })?;
         if again {
@@ -258,6 +266,49 @@ impl StreamTransport {
             return Ok(false);
         }
         Ok(len == MAX_READ || slf.get().hangup(py))
+    }
+
+    /// One `recv` straight into the TLS layer's incoming BIO (no `bytes` in between), then
+    /// the TLS state machine runs. Its failures are reported as asyncio's TLS protocol's
+    /// are (it is a `BufferedProtocol` there).
+    fn read_tls(slf: &Bound<'_, Self>, tls: &Bound<'_, TlsProtocol>) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        // No Python code runs in `feed`, so the scratch buffer is not re-entered.
+        let result = with_scratch(MAX_READ, |buf| match this.read_some(buf) {
+            Ok(n) => Ok(tls.get().feed(py, &buf[..n]).map(|()| n)),
+            Err(e) => Err(e),
+        });
+        let n = match result {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Self::buffered_protocol_failed(slf, e),
+            Err(e) if would_block(&e) => return Ok(false),
+            Err(e) => {
+                let msg = format!("Fatal read error on {} transport", this.kind.noun());
+                fatal_error(slf, os_error(e), &msg)?;
+                return Ok(false);
+            }
+        };
+        if n == 0 {
+            Self::on_eof(slf)?;
+            return Ok(false);
+        }
+        if let Err(e) = TlsProtocol::after_feed(tls) {
+            return Self::buffered_protocol_failed(slf, e);
+        }
+        Ok(n == MAX_READ || this.hangup(py))
+    }
+
+    fn buffered_protocol_failed(slf: &Bound<'_, Self>, e: PyErr) -> PyResult<bool> {
+        if is_base_exit(slf.py(), &e) {
+            return Err(e);
+        }
+        fatal_error(
+            slf,
+            e,
+            "Fatal error: protocol.buffer_updated() call failed.",
+        )?;
+        Ok(false)
     }
 
     fn read_buffered(

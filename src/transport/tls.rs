@@ -442,6 +442,42 @@ impl TlsProtocol {
         Ok(())
     }
 
+    // -- incoming records -----------------------------------------------------------------
+
+    /// Copies received records into the incoming BIO. Runs no Python code.
+    pub(crate) fn feed(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `data` is valid for reads of `data.len()` bytes for this whole call; the
+        // read-only view over it is released below, before `data` can go away, and
+        // `MemoryBIO.write` copies the bytes without keeping the view.
+        let view = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                pyo3::ffi::PyMemoryView_FromMemory(
+                    data.as_ptr() as *mut std::os::raw::c_char,
+                    data.len() as pyo3::ffi::Py_ssize_t,
+                    pyo3::ffi::PyBUF_READ,
+                ),
+            )?
+        };
+        let result = self.ssl.feed.bind(py).call1((&view,));
+        view.call_method0(intern!(py, "release"))?;
+        result.map(drop)
+    }
+
+    /// What newly fed records mean in the current phase.
+    pub(crate) fn after_feed(slf: &Bound<'_, Self>) -> PyResult<()> {
+        match slf.get().phase(slf.py()) {
+            Phase::Handshake => Self::do_handshake(slf),
+            Phase::Wrapped => Self::do_read(slf),
+            Phase::Flushing => Self::do_flush(slf),
+            Phase::Shutdown => Self::do_shutdown(slf),
+            Phase::Unwrapped => Ok(()),
+        }
+    }
+
     // -- handshake ------------------------------------------------------------------------
 
     fn start_handshake(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -1086,16 +1122,8 @@ impl TlsProtocol {
     }
 
     fn data_received(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        this.ssl.feed.bind(py).call1((data,))?;
-        match this.phase(py) {
-            Phase::Handshake => Self::do_handshake(slf),
-            Phase::Wrapped => Self::do_read(slf),
-            Phase::Flushing => Self::do_flush(slf),
-            Phase::Shutdown => Self::do_shutdown(slf),
-            Phase::Unwrapped => Ok(()),
-        }
+        slf.get().ssl.feed.bind(slf.py()).call1((data,))?;
+        Self::after_feed(slf)
     }
 
     fn eof_received(slf: &Bound<'_, Self>) -> PyResult<Option<bool>> {

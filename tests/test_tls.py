@@ -860,3 +860,49 @@ def test_start_tls_needs_an_ssl_context(loop):
             assert await sp.received(5) == b"plain"
 
     run(loop, main())
+
+
+class Boom(Exception):
+    pass
+
+
+class RaisesOnData(Recorder):
+    def data_received(self, data):
+        raise Boom("data_received")
+
+
+class RaisesOnMade(Recorder):
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        raise Boom("connection_made")
+
+
+@pytest.mark.parametrize(
+    "server, message",
+    [
+        (RaisesOnData, "Fatal error on SSL protocol"),
+        (RaisesOnMade, "Fatal error: protocol.buffer_updated() call failed."),
+    ],
+    ids=["data_received", "connection_made"],
+)
+def test_protocol_callback_raises(loop, expect_exception_handler, server, message):
+    # The exception goes to the loop's exception handler and the connection is closed: the
+    # client sees it go, the server keeps serving.
+    async def main():
+        accepting = Accepting(server)
+        async with tls_serving(loop, accepting) as srv:
+            for _ in range(2):
+                _, cp = await loop.create_connection(
+                    Recorder, *address_of(srv), ssl=client_context(), server_hostname=SERVER_CN
+                )
+                cp.transport.write(b"hello")
+                await cp.lost
+                assert cp.data == b""
+        return accepting.protocols
+
+    protocols = run(loop, main())
+    assert len(protocols) == 2
+    assert len(expect_exception_handler) == 2
+    for context in expect_exception_handler:
+        assert context["message"] == message
+        assert isinstance(context["exception"], Boom)

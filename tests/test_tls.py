@@ -906,3 +906,116 @@ def test_protocol_callback_raises(loop, expect_exception_handler, server, messag
     for context in expect_exception_handler:
         assert context["message"] == message
         assert isinstance(context["exception"], Boom)
+
+
+class ByteByByteTls(asyncio.Protocol):
+    """A TLS client doing its own record layer over a plain connection (an SSLObject over
+    memory BIOs), writing each byte it produces with a write() of its own, so the server's
+    TLS layer gets records in pieces."""
+
+    def __init__(self):
+        loop = asyncio.get_running_loop()
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = client_context().wrap_bio(
+            self.incoming, self.outgoing, server_hostname=SERVER_CN
+        )
+        self.transport = None
+        self.handshaken = loop.create_future()
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self._step()
+
+    def _flush(self):
+        data = self.outgoing.read()
+        for i in range(len(data)):
+            self.transport.write(data[i : i + 1])
+
+    def _step(self):
+        if not self.handshaken.done():
+            try:
+                self.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            else:
+                self.handshaken.set_result(None)
+        self._flush()
+
+    def data_received(self, data):
+        self.incoming.write(data)
+        self._step()
+
+    def send(self, data):
+        self.tls.write(data)
+        self._flush()
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def test_records_arriving_byte_by_byte(loop):
+    messages = [b"x", payload(1000, seed=1), payload(40000, seed=2)]
+
+    async def main():
+        accepting = Accepting(Recorder)
+        async with tls_serving(loop, accepting) as srv:
+            _, client = await loop.create_connection(ByteByByteTls, *address_of(srv))
+            await client.handshaken
+            server = await accepting.made()
+            for message in messages:
+                client.send(message)
+            assert await server.received(sum(map(len, messages))) == b"".join(messages)
+            client.transport.abort()
+            await client.lost
+            await server.lost
+
+    run(loop, main())
+
+
+def test_garbage_after_the_handshake(loop):
+    # A forged application-data record: decryption fails; the connection is lost with the
+    # ssl.SSLError (an OSError: not reported to the exception handler).
+    async def main():
+        accepting = Accepting(Recorder)
+        async with tls_serving(loop, accepting) as srv:
+            _, client = await loop.create_connection(ByteByByteTls, *address_of(srv))
+            await client.handshaken
+            server = await accepting.made()
+            client.send(b"real data")
+            await server.received(9)
+            client.transport.write(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+            exc = await server.lost
+            assert isinstance(exc, ssl.SSLError)
+            assert bytes(server.data) == b"real data"
+            await client.lost
+
+    run(loop, main())
+
+
+def test_start_tls_twice_gives_tls_in_tls(loop):
+    async def main():
+        async with tls_connected(loop) as (cp, sp):
+
+            async def upgrade(server_side):
+                if server_side:
+                    return await loop.start_tls(
+                        sp.transport, sp, server_context(), server_side=True
+                    )
+                return await loop.start_tls(
+                    cp.transport, cp, client_context(), server_hostname=SERVER_CN
+                )
+
+            outer = cp.transport, sp.transport
+            st, ct = await asyncio.gather(upgrade(True), upgrade(False))
+            assert ct.get_extra_info("ssl_object") is not outer[0].get_extra_info("ssl_object")
+            message = payload(300_000, seed=3)
+            ct.write(message)
+            assert await sp.received(len(message)) == message
+            st.write(b"inner reply")
+            assert await cp.received(11) == b"inner reply"
+            ct.close()
+            assert await cp.lost is None
+            assert await sp.lost is None
+
+    run(loop, main())

@@ -1,6 +1,8 @@
 """Exception handler plumbing, and KeyboardInterrupt/SystemExit/SIGINT propagation."""
 
 import asyncio
+import contextvars
+import gc
 import logging
 import os
 import signal
@@ -35,6 +37,34 @@ def test_exception_in_callback_goes_to_the_handler(loop):
     assert isinstance(context["exception"], ValueError)
     assert str(context["exception"]) == "boom"
     assert context["handle"] is handle
+
+
+@pytest.mark.parametrize("source", ["callback", "task"])
+def test_custom_handler_runs_in_the_context_of_the_failed_handle_or_task(loop, source):
+    # 3.12+ (gh-96704): a custom handler runs in the context of the task, future or handle
+    # named in the context dict; 3.10 and 3.11 run it in the loop's own context.
+    var = contextvars.ContextVar("var", default="loop")
+    seen = []
+    loop.set_exception_handler(lambda lp, context: seen.append(var.get()))
+
+    def callback():
+        var.set("failed")
+        raise ValueError("boom")
+
+    async def coro():
+        callback()
+
+    async def main():
+        if source == "callback":
+            loop.call_soon(callback)
+        else:
+            loop.create_task(coro())  # not kept: its exception is reported when it is freed
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+
+    loop.run_until_complete(main())
+    assert seen == ["failed" if sys.version_info >= (3, 12) else "loop"]
 
 
 def test_exception_in_timer_callback_reports_the_timer_handle(loop, expect_exception_handler):

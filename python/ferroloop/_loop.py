@@ -355,7 +355,11 @@ class Loop(
                 _logger().error("Exception in default exception handler", exc_info=True)
             return
         try:
-            handler(self, context)
+            ctx = _handler_context(context) if _PY312 else None
+            if ctx is not None:
+                ctx.run(handler, self, context)
+            else:
+                handler(self, context)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -386,6 +390,23 @@ class Loop(
         if handle._source_traceback:
             context["source_traceback"] = handle._source_traceback
         self.call_exception_handler(context)
+
+
+def _handler_context(context):
+    """The contextvars context that 3.12+ runs a custom exception handler in.
+
+    That of the task, else the future (a Task under that key), else the handle, when the
+    object has ``get_context()`` and it returns something runnable; else None.
+    """
+    thing = context.get("task")
+    if thing is None:
+        thing = context.get("future")
+    if thing is None:
+        thing = context.get("handle")
+    if thing is None or not hasattr(thing, "get_context"):
+        return None
+    ctx = thing.get_context()
+    return ctx if ctx is not None and hasattr(ctx, "run") else None
 
 
 def _is_numeric(host) -> bool:

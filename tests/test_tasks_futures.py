@@ -53,6 +53,12 @@ def test_create_task_name(loop):
 def test_create_task_context(loop):
     ctx = contextvars.copy_context()
     ctx.run(var.set, "from ctx")
+    if sys.version_info < (3, 11):  # create_task(context=) is new in 3.11
+        coro = asyncio.sleep(0)
+        with pytest.raises(TypeError, match="context"):
+            loop.create_task(coro, context=ctx)
+        coro.close()
+        return
 
     async def main():
         value = var.get()
@@ -86,14 +92,15 @@ def test_task_factory(loop):
 
     ctx = contextvars.copy_context()
     plain = loop.create_task(asyncio.sleep(0, "plain"), name="named")
-    with_ctx = loop.create_task(asyncio.sleep(0, "ctx"), context=ctx)
-    assert [task for _, task, _ in created] == [plain, with_ctx]
     assert created[0][0] is loop
     assert created[0][2] == {}
-    assert created[1][2] == {"context": ctx}
     assert plain.get_name() == "named"
     assert loop.run_until_complete(plain) == "plain"
-    assert loop.run_until_complete(with_ctx) == "ctx"
+    if sys.version_info >= (3, 11):  # create_task(context=) is new in 3.11
+        with_ctx = loop.create_task(asyncio.sleep(0, "ctx"), context=ctx)
+        assert [task for _, task, _ in created] == [plain, with_ctx]
+        assert created[1][2] == {"context": ctx}
+        assert loop.run_until_complete(with_ctx) == "ctx"
 
     loop.set_task_factory(None)
     assert loop.get_task_factory() is None

@@ -744,6 +744,12 @@ impl CoreLoop {
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let this = slf.get();
+        if context.is_some() && py.version_info() < (3, 11) {
+            // 3.10's create_task (and Task) have no `context` parameter.
+            return Err(PyTypeError::new_err(
+                "create_task() got an unexpected keyword argument 'context'",
+            ));
+        }
         this.check_closed()?;
         let factory = this
             .state
@@ -777,7 +783,9 @@ impl CoreLoop {
         };
         kw.set_item(intern!(py, "loop"), slf)?;
         kw.set_item(intern!(py, "name"), name)?;
-        kw.set_item(intern!(py, "context"), context)?;
+        if let Some(c) = context {
+            kw.set_item(intern!(py, "context"), c)?;
+        }
         task.call((coro,), Some(&kw))
     }
 

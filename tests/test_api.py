@@ -118,6 +118,7 @@ def test_run_propagates_exceptions_and_cancels_leftover_tasks():
     assert leftovers[0].cancelled()
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.Runner is new in 3.11")
 def test_asyncio_runner_with_ferroloop_factory():
     with asyncio.Runner(loop_factory=ferroloop.new_event_loop) as runner:
         first = runner.run(running_loop())

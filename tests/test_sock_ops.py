@@ -5,6 +5,7 @@ import io
 import os
 import socket
 import struct
+import sys
 
 import pytest
 from _netkit import ipv6_loopback_available
@@ -183,7 +184,9 @@ def test_sock_sendall_accepts_memoryview(loop, tcp_pair):
     assert run(loop, main()) == bytes(payload[10:])
 
 
-def test_udp_sock_sendto_and_sock_recvfrom(loop, sockets):
+def test_udp_sock_sendto_and_sock_recvfrom(loop, loop_kind, sockets):
+    if loop_kind == "asyncio" and sys.version_info < (3, 11):
+        pytest.skip("asyncio has sock_sendto/sock_recvfrom since 3.11")
     receiver = sockets(socket.AF_INET, socket.SOCK_DGRAM, bind=("127.0.0.1", 0))
     sender = sockets(socket.AF_INET, socket.SOCK_DGRAM, bind=("127.0.0.1", 0))
 
@@ -200,7 +203,9 @@ def test_udp_sock_sendto_and_sock_recvfrom(loop, sockets):
     assert addr == sender.getsockname()
 
 
-def test_udp_sock_recvfrom_into(loop, sockets):
+def test_udp_sock_recvfrom_into(loop, loop_kind, sockets):
+    if loop_kind == "asyncio" and sys.version_info < (3, 11):
+        pytest.skip("asyncio has sock_sendto/sock_recvfrom_into since 3.11")
     receiver = sockets(socket.AF_INET, socket.SOCK_DGRAM, bind=("127.0.0.1", 0))
     sender = sockets(socket.AF_INET, socket.SOCK_DGRAM, bind=("127.0.0.1", 0))
     buf = bytearray(64)

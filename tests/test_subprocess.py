@@ -218,7 +218,11 @@ def test_wait_timeout_then_kill(loop):
     run(loop, main())
 
 
-def test_cancelled_communicate_leaves_no_hang(loop):
+def test_cancelled_communicate_leaves_no_hang(loop, request):
+    if sys.version_info < (3, 11):
+        # 3.10's asyncio.subprocess leaves the cancelled write's BrokenPipeError in a future
+        # nobody retrieves, so the loop reports it (whatever the loop).
+        request.getfixturevalue("expect_exception_handler")
     # The child reads nothing: communicate() is stuck writing 4 MiB to its stdin.
     code = "import signal; print('ready', flush=True); signal.pause()"
 

@@ -4,6 +4,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import socket
+import sys
 import threading
 import time
 
@@ -183,6 +184,10 @@ def test_set_default_executor_rejects_non_thread_pool_executors(loop):
     class NotAThreadPool(concurrent.futures.Executor):
         pass
 
+    if sys.version_info < (3, 11):  # deprecated, still accepted
+        with pytest.warns(DeprecationWarning, match="ThreadPoolExecutor"):
+            loop.set_default_executor(NotAThreadPool())
+        return
     with pytest.raises(TypeError):
         loop.set_default_executor(NotAThreadPool())
 

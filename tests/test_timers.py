@@ -3,6 +3,7 @@
 import asyncio
 import contextvars
 import random
+import sys
 import time
 
 import pytest
@@ -151,7 +152,9 @@ def test_call_later_with_non_numeric_delay_raises_type_error(loop, delay):
         loop.call_later(delay, print)
 
 
-def test_call_at_with_none_raises_type_error(loop):
+def test_call_at_with_none_raises_type_error(loop, loop_kind):
+    if loop_kind == "asyncio" and sys.version_info < (3, 11):
+        pytest.skip("3.10's asyncio accepts None, and fails when the loop runs")
     with pytest.raises(TypeError):
         loop.call_at(None, print)
 

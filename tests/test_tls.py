@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import ssl
+import sys
 import tempfile
 import threading
 import time
@@ -43,6 +44,13 @@ LOCALHOST_SUBJECT = ((("commonName", SERVER_CN),),)
 CLIENT_SUBJECT = ((("commonName", CLIENT_CN),),)
 # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
 SELF_SIGNED = 18
+
+
+def skip_asyncio_before_311(loop_kind):
+    """Skip the asyncio param on 3.10: its TLS layer predates the 3.11 rewrite of sslproto
+    (ssl_shutdown_timeout, the close/EOF sequence, flow control) that ferroloop follows."""
+    if loop_kind == "asyncio" and sys.version_info < (3, 11):
+        pytest.skip("3.10's asyncio TLS layer predates the 3.11 sslproto that ferroloop follows")
 
 
 class Events(Recorder):
@@ -369,7 +377,8 @@ def test_many_concurrent_connections(loop):
 
 
 @pytest.mark.parametrize("keep_open", [False, True], ids=["eof-closes", "eof-keep-open"])
-def test_no_half_close_and_peer_close_gives_eof_then_lost(loop, caplog, keep_open):
+def test_no_half_close_and_peer_close_gives_eof_then_lost(loop, loop_kind, caplog, keep_open):
+    skip_asyncio_before_311(loop_kind)
     # TLS has no half-close. The peer's close (its close_notify) reaches eof_received()
     # then connection_lost(None); returning true from eof_received() keeps nothing open,
     # asyncio only logs a warning.
@@ -398,7 +407,9 @@ def test_no_half_close_and_peer_close_gives_eof_then_lost(loop, caplog, keep_ope
     run(loop, main())
 
 
-def test_close_then_peer_sees_eof_and_later_writes_are_ignored(loop):
+def test_close_then_peer_sees_eof_and_later_writes_are_ignored(loop, loop_kind):
+    skip_asyncio_before_311(loop_kind)
+
     async def main():
         async with tls_connected(loop, server=Events) as (cp, sp):
             t = cp.transport
@@ -440,7 +451,8 @@ def test_abort_closes_at_once(loop):
 
 
 @pytest.mark.parametrize("reset", [False, True], ids=["fin", "reset"])
-def test_peer_aborts_mid_stream(loop, reset):
+def test_peer_aborts_mid_stream(loop, loop_kind, reset):
+    skip_asyncio_before_311(loop_kind)
     # The server aborts while the client has not read everything. A plain FIN (no
     # close_notify) reaches asyncio's client as eof_received() then connection_lost(None);
     # a reset as connection_lost(ConnectionResetError) without eof_received().
@@ -469,7 +481,8 @@ def test_peer_aborts_mid_stream(loop, reset):
     run(loop, main())
 
 
-def test_shutdown_timeout(loop):
+def test_shutdown_timeout(loop, loop_kind):
+    skip_asyncio_before_311(loop_kind)
     # The peer (a blocking ssl socket in a thread) finishes the handshake, then never
     # reads again, so it never answers the client's close_notify.
     release = threading.Event()
@@ -516,7 +529,9 @@ def test_shutdown_timeout(loop):
 # -- write flow control ----------------------------------------------------------------
 
 
-def test_write_buffer_limits(loop):
+def test_write_buffer_limits(loop, loop_kind):
+    skip_asyncio_before_311(loop_kind)
+
     async def main():
         async with tls_connected(loop) as (cp, _):
             t = cp.transport
@@ -677,6 +692,7 @@ async def stream_server(handler, **kwargs):
     await asyncio.gather(*tasks)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="StreamWriter.start_tls is new in 3.11")
 def test_stream_writer_start_tls(loop):
     async def handler(reader, writer):
         assert await reader.readline() == b"STARTTLS\n"
@@ -838,7 +854,9 @@ ARGUMENT_ERRORS = {
 
 
 @pytest.mark.parametrize("case", ARGUMENT_ERRORS)
-def test_argument_errors(loop, case):
+def test_argument_errors(loop, loop_kind, case):
+    if "shutdown_timeout" in case:
+        skip_asyncio_before_311(loop_kind)
     call, exc_type, message = ARGUMENT_ERRORS[case]
 
     async def main():

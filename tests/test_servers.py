@@ -253,6 +253,46 @@ def test_unix_server_replaces_a_stale_socket_file(loop, sock_path):
     run(loop, main())
 
 
+@pytest.mark.parametrize("given", ["path", "sock"])
+def test_unix_server_close_removes_its_socket_file_on_313(loop, sock_path, given):
+    # 3.13+: Server.close() unlinks the socket file the server bound; before, it stays.
+    async def main():
+        if given == "path":
+            server = await loop.create_unix_server(Accepting(Echo), sock_path)
+        else:
+            sock = socket.socket(socket.AF_UNIX)
+            sock.bind(sock_path)
+            server = await loop.create_unix_server(Accepting(Echo), sock=sock)
+        assert os.path.exists(sock_path)
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert os.path.exists(sock_path) == (sys.version_info < (3, 13))
+
+
+def test_unix_server_cleanup_socket(loop, sock_path):
+    async def main():
+        if sys.version_info < (3, 13):
+            with pytest.raises(TypeError, match="cleanup_socket"):
+                await loop.create_unix_server(Accepting(Echo), sock_path, cleanup_socket=False)
+            return
+        server = await loop.create_unix_server(Accepting(Echo), sock_path, cleanup_socket=False)
+        server.close()
+        await server.wait_closed()
+        assert os.path.exists(sock_path)
+        # A file that replaced the server's socket file is not the server's to remove.
+        server = await loop.create_unix_server(Accepting(Echo), sock_path)
+        os.unlink(sock_path)
+        with open(sock_path, "w") as f:
+            f.write("someone else's")
+        server.close()
+        await server.wait_closed()
+        assert os.path.exists(sock_path)
+
+    run(loop, main())
+
+
 def test_unix_server_does_not_remove_a_regular_file(loop, sock_path):
     with open(sock_path, "w") as f:
         f.write("not a socket")

@@ -73,6 +73,7 @@ class Loop(
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self._init_signals()
+        self._unix_server_sockets = {}  # listening socket -> inode of its path (3.13+)
         self.set_debug(_debug_from_environment())
 
     def __repr__(self) -> str:

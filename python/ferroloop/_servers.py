@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import collections.abc
+import contextlib
 import contextvars
 import errno
 import itertools
@@ -36,6 +37,8 @@ _PY313 = sys.version_info >= (3, 13)
 _ACCEPT_RETRY_DELAY = 1  # seconds (asyncio's constants.ACCEPT_RETRY_DELAY)
 # accept() errors that mean "out of resources": stop accepting for a while, then retry.
 _ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# create_unix_server's cleanup_socket when not given (3.13+: True; before, no such parameter).
+_CLEANUP_SOCKET_DEFAULT = object()
 
 
 def _check_no_ssl_timeouts(ssl, handshake_timeout, shutdown_timeout) -> None:
@@ -566,8 +569,19 @@ class NetworkMixin:
         ssl_handshake_timeout=None,
         ssl_shutdown_timeout=None,
         start_serving=True,
+        cleanup_socket=_CLEANUP_SOCKET_DEFAULT,
     ):
-        """Listen on a Unix socket path (or on sock); return a Server."""
+        """Listen on a Unix socket path (or on sock); return a Server.
+
+        3.13+: closing the server removes the socket file (unless cleanup_socket is false)
+        if it is still the one the server bound.
+        """
+        if cleanup_socket is _CLEANUP_SOCKET_DEFAULT:
+            cleanup_socket = _PY313
+        elif not _PY313:
+            raise TypeError(
+                "create_unix_server() got an unexpected keyword argument 'cleanup_socket'"
+            )
         if isinstance(ssl, bool):
             raise TypeError("ssl argument must be an SSLContext or None")
         _check_no_ssl_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
@@ -595,6 +609,11 @@ class NetworkMixin:
             except BaseException:
                 sock.close()
                 raise
+        if cleanup_socket:
+            bound = sock.getsockname()
+            if bound and bound[0] not in (0, "\x00"):  # not in the abstract namespace
+                with contextlib.suppress(FileNotFoundError):
+                    self._unix_server_sockets[sock] = os.stat(bound).st_ino
         sock.setblocking(False)
 
         server = Server(
@@ -631,8 +650,19 @@ class NetworkMixin:
         self.add_reader(fd, self._accept_connection, protocol_factory, sock, server, backlog, tls)
 
     def _stop_serving(self, sock) -> None:
+        # A Unix server's socket file to remove once closed (3.13+), unless replaced since.
+        inode = self._unix_server_sockets.pop(sock, None)
+        path = sock.getsockname() if inode is not None else None
         self.remove_reader(sock.fileno())
         sock.close()
+        if path is not None:
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                logger().error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
     def _accept_connection(self, protocol_factory, sock, server, backlog, tls=None) -> None:
         # The listening socket's reader. Several connections may be waiting: accept up to

@@ -258,7 +258,15 @@ def test_closed_loop_refuses_new_callbacks(loop):
         loop.call_soon_threadsafe(print)
 
 
-def test_run_forever_while_running_raises(loop):
+def skip_asyncio_run_forever_bug(loop_kind):
+    # gh-130145: in 3.13.0-3.13.2, a run_forever() refused because a loop is running resets
+    # the running loop's state (so the outer run never stops): fixed in 3.13.3.
+    if loop_kind == "asyncio" and (3, 13) <= sys.version_info < (3, 13, 3):
+        pytest.skip("asyncio 3.13.0-3.13.2 breaks the running loop here (gh-130145)")
+
+
+def test_run_forever_while_running_raises(loop, loop_kind):
+    skip_asyncio_run_forever_bug(loop_kind)
     errors = []
 
     def nested_run_forever():
@@ -284,7 +292,8 @@ def test_run_forever_while_running_raises(loop):
     assert not loop.is_running()
 
 
-def test_running_while_another_loop_runs_in_this_thread_raises(loop, new_loop):
+def test_running_while_another_loop_runs_in_this_thread_raises(loop, loop_kind, new_loop):
+    skip_asyncio_run_forever_bug(loop_kind)
     other = new_loop()
     stdlib_other = asyncio.new_event_loop()
     errors = []

@@ -67,6 +67,25 @@ def test_custom_handler_runs_in_the_context_of_the_failed_handle_or_task(loop, s
     assert seen == ["failed" if sys.version_info >= (3, 12) else "loop"]
 
 
+@pytest.mark.parametrize("debug", [False, True], ids=["normal", "debug"])
+def test_callback_arguments_in_the_message_and_repr_only_in_debug_mode_on_313(
+    loop, expect_exception_handler, debug
+):
+    loop.set_debug(debug)
+
+    def fails(secret):
+        raise ValueError("boom")
+
+    handle = loop.call_soon(fails, "s3cret")
+    shown = debug or sys.version_info < (3, 13)
+    assert ("'s3cret'" in repr(handle)) == shown
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    [context] = expect_exception_handler
+    assert ("fails('s3cret')" in context["message"]) == shown
+    assert ("fails()" in context["message"]) != shown
+
+
 def test_exception_in_timer_callback_reports_the_timer_handle(loop, expect_exception_handler):
     handle = loop.call_later(0, raise_value_error)
     loop.call_later(0.01, loop.stop)

@@ -6,6 +6,7 @@ tracebacks and debug-mode callback checks. Nothing here runs on a hot path.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -14,6 +15,8 @@ import sys
 import traceback
 
 _MAX_STACK = 10
+# 3.13+ prints a callback's arguments only in debug mode (they may hold secrets).
+_ARGS_ONLY_IN_DEBUG = sys.version_info >= (3, 13)
 
 
 def logger() -> logging.Logger:
@@ -35,23 +38,28 @@ def _source(func):
     return None
 
 
-def _args_repr(args, kwargs=None):
+def _args_repr(args, kwargs=None, debug=True):
+    if not debug and _ARGS_ONLY_IN_DEBUG:
+        return "()"
     parts = [reprlib.repr(a) for a in args or ()]
     if kwargs:
         parts.extend(f"{k}={reprlib.repr(v)}" for k, v in kwargs.items())
     return "(" + ", ".join(parts) + ")"
 
 
-def _callback_repr(func, args):
+def _callback_repr(func, args, debug):
     if isinstance(func, functools.partial):
-        return _callback_repr(func.func, func.args) + _args_repr(args, func.keywords)
+        return _callback_repr(func.func, func.args, debug) + _args_repr(args, func.keywords, debug)
     name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
-    return name + _args_repr(args)
+    return name + _args_repr(args, None, debug)
 
 
-def format_callback(func, args) -> str:
-    """``name(args) at file:line``, as asyncio prints a callback."""
-    text = _callback_repr(func, args)
+def format_callback(func, args, debug=True) -> str:
+    """``name(args) at file:line``, as asyncio prints a callback.
+
+    3.13+: the arguments only when ``debug`` (the loop's debug mode); ``()`` otherwise.
+    """
+    text = _callback_repr(func, args, debug)
     where = _source(func)
     if where:
         text += f" at {where[0]}:{where[1]}"
@@ -68,7 +76,11 @@ def handle_repr(handle) -> str:
         parts.append(f"when={when}")
     cb = handle._callback
     if cb is not None:
-        parts.append(format_callback(cb, handle._args))
+        # A handle does not know its loop: the running loop's debug mode, else whether the
+        # handle was made in debug mode (it then has a source traceback).
+        running = asyncio._get_running_loop()
+        debug = running.get_debug() if running is not None else bool(handle._source_traceback)
+        parts.append(format_callback(cb, handle._args, debug))
     tb = handle._source_traceback
     if tb:
         frame = tb[-1]

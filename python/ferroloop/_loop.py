@@ -384,7 +384,7 @@ class Loop(
     def _report_callback_error(self, handle, exc, callback, args) -> None:
         # Called by the Rust core when a callback raises (asyncio: Handle._run).
         context = {
-            "message": f"Exception in callback {format_callback(callback, args)}",
+            "message": "Exception in callback " + format_callback(callback, args, self.get_debug()),
             "exception": exc,
             "handle": handle,
         }

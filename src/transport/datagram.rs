@@ -446,7 +446,8 @@ impl DatagramTransport {
                 data.get_type().name()?
             )));
         };
-        if bytes.is_empty() {
+        // 3.13+ sends an empty datagram; 3.12 and older send nothing.
+        if bytes.is_empty() && py.version_info() < (3, 13) {
             return Ok(());
         }
         let mut addr = addr.filter(|a| !a.is_none());

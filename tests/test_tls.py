@@ -4,6 +4,7 @@ by _tlskit with the openssl command (the module is skipped without it)."""
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import socket
@@ -12,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from asyncio.trsock import TransportSocket
 
 import pytest
@@ -1037,3 +1039,33 @@ def test_start_tls_twice_gives_tls_in_tls(loop):
             assert await sp.lost is None
 
     run(loop, main())
+
+
+def test_close_after_the_peer_closed_releases_the_tls_layer(loop):
+    # The peer's close_notify starts the shutdown; the application's close() after that
+    # lets go of the TLS layer (asyncio does the same), so the client's SSLContext is freed
+    # without waiting for the connection to be lost or for the garbage collector, even
+    # though the protocol keeps its transport.
+    accepting = Accepting(Recorder)
+
+    async def main(server):
+        client_ctx = client_context()
+        _, cp = await loop.create_connection(
+            Recorder, *address_of(server), ssl=client_ctx, server_hostname=SERVER_CN
+        )
+        sp = await accepting.made()
+        sp.transport.close()
+        await cp.eof
+        cp.transport.close()
+        return weakref.ref(client_ctx), cp.lost, sp.lost
+
+    server = run(loop, loop.create_server(accepting, "127.0.0.1", 0, ssl=server_context()))
+    gc.disable()
+    try:
+        ctx_ref, *lost = loop.run_until_complete(main(server))
+        assert ctx_ref() is None
+    finally:
+        gc.enable()
+    run(loop, asyncio.gather(*lost))
+    server.close()
+    run(loop, server.wait_closed())

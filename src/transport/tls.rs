@@ -343,7 +343,7 @@ impl TlsProtocol {
         let t = Py::new(
             py,
             TlsTransport {
-                proto: slf.clone().unbind(),
+                proto: GilCell::new(Some(slf.clone().unbind())),
                 closed: GilCell::new(false),
             },
         )?;
@@ -1269,13 +1269,17 @@ impl TlsProtocol {
 /// `_SSLProtocolTransport`).
 #[pyclass(frozen, weakref, module = "ferroloop._ferroloop")]
 pub struct TlsTransport {
-    proto: Py<TlsProtocol>,
+    /// Released when `close()` is called on a transport already closing (by the peer's
+    /// `close_notify`, say), as asyncio does: the application's protocol usually keeps its
+    /// transport, and that cycle would keep the TLS layer (and its `SSLContext`) alive until
+    /// the connection is lost. A released transport answers as a closed one.
+    proto: GilCell<Option<Py<TlsProtocol>>>,
     closed: GilCell<bool>,
 }
 
 impl TlsTransport {
-    fn proto<'py>(&self, py: Python<'py>) -> &Bound<'py, TlsProtocol> {
-        self.proto.bind(py)
+    fn proto<'py>(&self, py: Python<'py>) -> Option<Bound<'py, TlsProtocol>> {
+        self.proto.borrow(py).as_ref().map(|p| p.bind(py).clone())
     }
 }
 
@@ -1309,11 +1313,14 @@ impl TlsTransport {
         name: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let proto = self.proto(py).get();
+        let default = default.unwrap_or_else(|| py.None());
+        let Some(proto) = self.proto(py) else {
+            return Ok(default);
+        };
+        let proto = proto.get();
         if let Some(v) = proto.extra.bind(py).get_item(name)? {
             return Ok(v.unbind());
         }
-        let default = default.unwrap_or_else(|| py.None());
         match proto.lower(py) {
             Some(lower) => Ok(lower
                 .bind(py)
@@ -1324,11 +1331,14 @@ impl TlsTransport {
     }
 
     fn set_protocol(&self, py: Python<'_>, protocol: Bound<'_, PyAny>) -> PyResult<()> {
-        self.proto(py).get().set_app_protocol(py, &protocol)
+        match self.proto(py) {
+            Some(proto) => proto.get().set_app_protocol(py, &protocol),
+            None => Ok(()),
+        }
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.proto(py).get().app_protocol(py)
+        self.proto(py)?.get().app_protocol(py)
     }
 
     fn is_closing(&self, py: Python<'_>) -> bool {
@@ -1337,14 +1347,18 @@ impl TlsTransport {
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         if std::mem::replace(&mut *self.closed.borrow_mut(py), true) {
+            let released = self.proto.borrow_mut(py).take();
+            drop(released);
             return Ok(());
         }
-        TlsProtocol::start_shutdown(self.proto(py))
+        match self.proto(py) {
+            Some(proto) => TlsProtocol::start_shutdown(&proto),
+            None => Ok(()),
+        }
     }
 
     fn abort(&self, py: Python<'_>) -> PyResult<()> {
-        *self.closed.borrow_mut(py) = true;
-        self.proto(py).get().abort(py, None)
+        self._force_close(py, None)
     }
 
     /// Closes at once; `exc` reaches the application's `connection_lost` (as in asyncio
@@ -1352,19 +1366,27 @@ impl TlsTransport {
     #[pyo3(signature = (exc=None))]
     fn _force_close(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         *self.closed.borrow_mut(py) = true;
-        self.proto(py).get().abort(py, exc.as_ref())
+        match self.proto(py) {
+            Some(proto) => proto.get().abort(py, exc.as_ref()),
+            None => Ok(()),
+        }
     }
 
     fn is_reading(&self, py: Python<'_>) -> bool {
-        !self.proto(py).get().st.borrow(py).app_reading_paused
+        self.proto(py)
+            .is_some_and(|p| !p.get().st.borrow(py).app_reading_paused)
     }
 
     fn pause_reading(&self, py: Python<'_>) {
-        self.proto(py).get().st.borrow_mut(py).app_reading_paused = true;
+        if let Some(proto) = self.proto(py) {
+            proto.get().st.borrow_mut(py).app_reading_paused = true;
+        }
     }
 
     fn resume_reading(&self, py: Python<'_>) -> PyResult<()> {
-        let proto = self.proto(py);
+        let Some(proto) = self.proto(py) else {
+            return Ok(());
+        };
         if !std::mem::replace(&mut proto.get().st.borrow_mut(py).app_reading_paused, false) {
             return Ok(());
         }
@@ -1380,23 +1402,33 @@ impl TlsTransport {
         high: Option<i64>,
         low: Option<i64>,
     ) -> PyResult<()> {
-        let proto = self.proto(py);
         let (h, l) = water_marks(high, low, WRITE_HIGH_WATER)?;
+        let Some(proto) = self.proto(py) else {
+            return Ok(());
+        };
         {
             let mut st = proto.get().st.borrow_mut(py);
             st.out_high = h;
             st.out_low = l;
         }
-        TlsProtocol::control_app_writing(proto)
+        TlsProtocol::control_app_writing(&proto)
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let st = self.proto(py).get().st.borrow(py);
-        (st.out_low, st.out_high)
+        match self.proto(py) {
+            Some(proto) => {
+                let st = proto.get().st.borrow(py);
+                (st.out_low, st.out_high)
+            }
+            None => (0, 0),
+        }
     }
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        self.proto(py).get().write_buffer_size(py)
+        match self.proto(py) {
+            Some(proto) => proto.get().write_buffer_size(py),
+            None => Ok(0),
+        }
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -1406,28 +1438,39 @@ impl TlsTransport {
         high: Option<i64>,
         low: Option<i64>,
     ) -> PyResult<()> {
-        let proto = self.proto(py);
         let (h, l) = water_marks(high, low, READ_HIGH_WATER)?;
+        let Some(proto) = self.proto(py) else {
+            return Ok(());
+        };
         {
             let mut st = proto.get().st.borrow_mut(py);
             st.in_high = h;
             st.in_low = l;
         }
-        TlsProtocol::control_ssl_reading(proto)
+        TlsProtocol::control_ssl_reading(&proto)
     }
 
     fn get_read_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let st = self.proto(py).get().st.borrow(py);
-        (st.in_low, st.in_high)
+        match self.proto(py) {
+            Some(proto) => {
+                let st = proto.get().st.borrow(py);
+                (st.in_low, st.in_high)
+            }
+            None => (0, 0),
+        }
     }
 
     fn get_read_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        Ssl::pending(py, &self.proto(py).get().ssl.incoming)
+        match self.proto(py) {
+            Some(proto) => Ssl::pending(py, &proto.get().ssl.incoming),
+            None => Ok(0),
+        }
     }
 
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> bool {
-        self.proto(py).get().st.borrow(py).app_writing_paused
+        self.proto(py)
+            .is_some_and(|p| p.get().st.borrow(py).app_writing_paused)
     }
 
     fn write(&self, py: Python<'_>, data: Bound<'_, PyAny>) -> PyResult<()> {
@@ -1443,12 +1486,18 @@ impl TlsTransport {
         if !data.is_truthy()? {
             return Ok(());
         }
-        TlsProtocol::write_appdata(self.proto(py), vec![data])
+        match self.proto(py) {
+            Some(proto) => TlsProtocol::write_appdata(&proto, vec![data]),
+            None => Ok(()),
+        }
     }
 
     fn writelines(&self, py: Python<'_>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let items = list_of_data.try_iter()?.collect::<PyResult<Vec<_>>>()?;
-        TlsProtocol::write_appdata(self.proto(py), items)
+        match self.proto(py) {
+            Some(proto) => TlsProtocol::write_appdata(&proto, items),
+            None => Ok(()),
+        }
     }
 
     fn write_eof(&self) -> PyResult<()> {
@@ -1465,6 +1514,9 @@ impl TlsTransport {
         } else {
             ""
         };
-        format!("<TlsTransport{closed} {}>", self.proto.get().__repr__(py))
+        match self.proto(py) {
+            Some(proto) => format!("<TlsTransport{closed} {}>", proto.get().__repr__(py)),
+            None => format!("<TlsTransport{closed}>"),
+        }
     }
 }

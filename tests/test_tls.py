@@ -905,7 +905,9 @@ class RaisesOnMade(Recorder):
     ],
     ids=["data_received", "connection_made"],
 )
-def test_protocol_callback_raises(loop, expect_exception_handler, server, message):
+def test_protocol_callback_raises(loop, loop_kind, expect_exception_handler, server, message):
+    skip_asyncio_before_311(loop_kind)
+
     # The exception goes to the loop's exception handler and the connection is closed: the
     # client sees it go, the server keeps serving.
     async def main():
@@ -1013,7 +1015,9 @@ def test_garbage_after_the_handshake(loop):
     run(loop, main())
 
 
-def test_start_tls_twice_gives_tls_in_tls(loop):
+def test_start_tls_twice_gives_tls_in_tls(loop, loop_kind):
+    skip_asyncio_before_311(loop_kind)  # 3.10's TLS transport cannot be wrapped again
+
     async def main():
         async with tls_connected(loop) as (cp, sp):
 

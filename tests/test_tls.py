@@ -1045,7 +1045,8 @@ def test_start_tls_twice_gives_tls_in_tls(loop, loop_kind):
     run(loop, main())
 
 
-def test_close_after_the_peer_closed_releases_the_tls_layer(loop):
+def test_close_after_the_peer_closed_releases_the_tls_layer(loop, loop_kind):
+    skip_asyncio_before_311(loop_kind)
     # The peer's close_notify starts the shutdown; the application's close() after that
     # lets go of the TLS layer (asyncio does the same), so the client's SSLContext is freed
     # without waiting for the connection to be lost or for the garbage collector, even

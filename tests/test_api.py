@@ -133,3 +133,42 @@ def test_asyncio_run_with_loop_factory():
     loop = asyncio.run(running_loop(), loop_factory=ferroloop.new_event_loop)
     assert isinstance(loop, ferroloop.Loop)
     assert loop.is_closed()
+
+
+def test_a_subclass_overriding_call_soon_is_called_by_futures():
+    # The loop keeps a bound call_soon for asyncio's C futures and tasks to find; a subclass
+    # that overrides call_soon must still be the one they call.
+    calls = []
+
+    class Counting(ferroloop.Loop):
+        def call_soon(self, callback, *args, context=None):
+            calls.append(callback)
+            return super().call_soon(callback, *args, context=context)
+
+    async def main():
+        fut = asyncio.get_running_loop().create_future()
+        seen = []
+        fut.add_done_callback(seen.append)
+        fut.set_result(1)
+        await asyncio.sleep(0)
+        return fut, seen
+
+    loop = Counting()
+    try:
+        fut, seen = loop.run_until_complete(main())
+        assert seen == [fut]
+        assert seen.append in calls  # the future scheduled its callback through the override
+    finally:
+        loop.close()
+
+
+def test_call_soon_is_the_same_bound_method_until_close():
+    loop = ferroloop.new_event_loop()
+    first = loop.call_soon
+    assert loop.call_soon is first
+    handle = first(lambda: None)
+    assert isinstance(handle, asyncio.Handle)
+    loop.close()
+    assert "call_soon" not in vars(loop)
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.call_soon(lambda: None)

@@ -75,6 +75,12 @@ class Loop(
         self._init_signals()
         self._unix_server_sockets = {}  # listening socket -> inode of its path (3.13+)
         self.set_debug(_debug_from_environment())
+        # asyncio's C futures and tasks look ``loop.call_soon`` up for every callback they
+        # schedule; one bound method kept in the instance spares making one each time.
+        # (Not when a subclass overrides call_soon; dropped on close, which breaks the cycle.)
+        self._bound_call_soon = None
+        if type(self).call_soon is _ferroloop.CoreLoop.call_soon:
+            self.call_soon = self._bound_call_soon = self.call_soon
 
     def __repr__(self) -> str:
         return (
@@ -152,6 +158,9 @@ class Loop(
             _logger().debug("Close %r", self)
         self._close_signals()
         self._close()
+        if self.__dict__.get("call_soon") is self._bound_call_soon is not None:
+            del self.call_soon
+        self._bound_call_soon = None
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:

@@ -172,3 +172,28 @@ def test_call_soon_is_the_same_bound_method_until_close():
     assert "call_soon" not in vars(loop)
     with pytest.raises(RuntimeError, match="closed"):
         loop.call_soon(lambda: None)
+
+
+def test_a_closed_loop_is_freed_without_the_garbage_collector():
+    # The loop's own caches (a bound call_soon, the keyword arguments of the futures and
+    # tasks it makes) refer back to it; close() lets go of them.
+    import gc
+    import weakref
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        await loop.create_task(asyncio.sleep(0))
+        fut = loop.create_future()
+        loop.call_soon(fut.set_result, 1)
+        return await fut
+
+    loop = ferroloop.new_event_loop()
+    assert loop.run_until_complete(main()) == 1
+    loop.close()
+    ref = weakref.ref(loop)
+    gc.disable()
+    try:
+        del loop
+        assert ref() is None
+    finally:
+        gc.enable()

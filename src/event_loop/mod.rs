@@ -136,6 +136,8 @@ pub(crate) struct State {
     last_poll: f64,
     /// `set_task_factory`'s callable, if any.
     task_factory: Option<Py<PyAny>>,
+    /// `{"loop": self}`, the keyword arguments of every `Future` and `Task` made here.
+    loop_kwargs: Option<Py<PyDict>>,
 }
 
 #[pyclass(subclass, frozen, weakref, module = "ferroloop._ferroloop")]
@@ -180,7 +182,6 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<i64> {
 struct AsyncioTypes {
     future: Py<PyAny>,
     task: Py<PyAny>,
-    loop_kwname: Py<PyTuple>,
 }
 
 fn asyncio_types(py: Python<'_>) -> PyResult<&AsyncioTypes> {
@@ -190,32 +191,36 @@ fn asyncio_types(py: Python<'_>) -> PyResult<&AsyncioTypes> {
         Ok(AsyncioTypes {
             future: asyncio.getattr("Future")?.unbind(),
             task: asyncio.getattr("Task")?.unbind(),
-            loop_kwname: PyTuple::new(py, ["loop"])?.unbind(),
         })
     })
 }
 
-/// `cls(*args, loop=event_loop)` through vectorcall: no keyword dict is built.
+/// `cls(*args, loop=event_loop)` for asyncio's `Future` and `Task`, whose C types have no
+/// vectorcall: any call with a keyword builds a keyword dict, so the loop keeps one,
+/// `{"loop": loop}`, and passes it each time (the types only read it).
 fn call_with_loop<'py>(
     cls: &Bound<'py, PyAny>,
-    args: &[&Bound<'py, PyAny>],
-    event_loop: &Bound<'py, PyAny>,
-    kwnames: &Bound<'py, PyTuple>,
+    args: impl pyo3::call::PyCallArgs<'py>,
+    event_loop: &Bound<'py, CoreLoop>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = cls.py();
-    let mut argv: Vec<*mut ffi::PyObject> = args.iter().map(|a| a.as_ptr()).collect();
-    argv.push(event_loop.as_ptr());
-    let nargs = args.len();
-    // SAFETY: attached; `argv` holds `nargs` positional arguments followed by one keyword
-    // value, all borrowed references kept alive by the caller for the call's duration, and
-    // `kwnames` names that one keyword. The result is a new reference or NULL with an
-    // exception set.
-    unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            ffi::PyObject_Vectorcall(cls.as_ptr(), argv.as_ptr(), nargs, kwnames.as_ptr()),
-        )
-    }
+    let cached = event_loop
+        .get()
+        .state
+        .borrow(py)
+        .loop_kwargs
+        .as_ref()
+        .map(|k| k.clone_ref(py));
+    let kwargs = match cached {
+        Some(k) => k.into_bound(py),
+        None => {
+            let k = PyDict::new(py);
+            k.set_item(intern!(py, "loop"), event_loop)?;
+            event_loop.get().state.borrow_mut(py).loop_kwargs = Some(k.clone().unbind());
+            k
+        }
+    };
+    cls.call(args, Some(&kwargs))
 }
 
 fn repr(obj: &Bound<'_, PyAny>) -> String {
@@ -610,6 +615,7 @@ impl CoreLoop {
                 current: None,
                 last_poll: 0.0,
                 task_factory: None,
+                loop_kwargs: None,
             }),
             poll: Mutex::new(Some((poll, Events::with_capacity(EVENTS_CAPACITY)))),
             sleeping: AtomicBool::new(false),
@@ -642,12 +648,7 @@ impl CoreLoop {
     pub fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let types = asyncio_types(py)?;
-        call_with_loop(
-            types.future.bind(py),
-            &[],
-            slf.as_any(),
-            types.loop_kwname.bind(py),
-        )
+        call_with_loop(types.future.bind(py), (), slf)
     }
 
     /// Records a new transport as the owner of its fd (asyncio: `loop._transports[fd]`), so
@@ -775,7 +776,7 @@ impl CoreLoop {
         let types = asyncio_types(py)?;
         let task = types.task.bind(py);
         if name.is_none() && context.is_none() && kwargs_empty {
-            return call_with_loop(task, &[coro], slf.as_any(), types.loop_kwname.bind(py));
+            return call_with_loop(task, (coro,), slf);
         }
         let kw = match kwargs {
             Some(k) => k.copy()?,
@@ -1036,6 +1037,7 @@ impl CoreLoop {
                 (
                     std::mem::take(&mut st.transports),
                     std::mem::take(&mut st.sock_waits),
+                    st.loop_kwargs.take(), // it refers back to the loop
                 ),
             )
         };
@@ -1066,6 +1068,7 @@ impl CoreLoop {
                 visit.call(h)?;
             }
             visit.call(&st.task_factory)?;
+            visit.call(&st.loop_kwargs)?;
         }
         Ok(())
     }
@@ -1085,6 +1088,7 @@ impl CoreLoop {
                 st.timers.drain(),
                 io,
                 st.task_factory.take(),
+                st.loop_kwargs.take(),
                 std::mem::take(&mut st.transports),
                 std::mem::take(&mut st.sock_waits),
             )

@@ -393,14 +393,7 @@ impl DatagramTransport {
     #[getter]
     fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         static CLS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        CLS.get_or_try_init(py, || {
-            Ok::<_, PyErr>(
-                py.import("ferroloop._transports")?
-                    .getattr("DatagramTransport")?
-                    .unbind(),
-            )
-        })
-        .map(|c| c.clone_ref(py))
+        super::transports_class(py, &CLS, "DatagramTransport")
     }
 
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {

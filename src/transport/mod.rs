@@ -363,6 +363,24 @@ pub fn call_flow_control(
     protocol: &Py<PyAny>,
     name: &str,
 ) -> PyResult<()> {
+    report_flow_control(
+        event_loop,
+        transport,
+        protocol,
+        protocol.bind(event_loop.py()),
+        name,
+    )
+}
+
+/// `call_flow_control`, naming `reported` as the protocol in the handler's context (the TLS
+/// layer names itself there, as asyncio's does).
+pub fn report_flow_control(
+    event_loop: &Bound<'_, PyAny>,
+    transport: &Bound<'_, PyAny>,
+    protocol: &Py<PyAny>,
+    reported: &Bound<'_, PyAny>,
+    name: &str,
+) -> PyResult<()> {
     let py = event_loop.py();
     match protocol.bind(py).call_method0(name) {
         Ok(_) => Ok(()),
@@ -372,7 +390,7 @@ pub fn call_flow_control(
             ctx.set_item("message", format!("protocol.{name}() failed"))?;
             ctx.set_item("exception", e.into_value(py))?;
             ctx.set_item("transport", transport)?;
-            ctx.set_item("protocol", protocol)?;
+            ctx.set_item("protocol", reported)?;
             event_loop.call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
             Ok(())
         }
@@ -407,6 +425,19 @@ pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 /// `KeyboardInterrupt` and `SystemExit` propagate; everything else is reported.
 pub fn is_base_exit(py: Python<'_>, e: &PyErr) -> bool {
     e.is_instance_of::<PyKeyboardInterrupt>(py) || e.is_instance_of::<PySystemExit>(py)
+}
+
+/// `ferroloop._transports.<name>`: the classes our transports report as `__class__` where
+/// no single asyncio class fits.
+pub fn transports_class(
+    py: Python<'_>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<Py<PyAny>> {
+    cell.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import("ferroloop._transports")?.getattr(name)?.unbind())
+    })
+    .map(|c| c.clone_ref(py))
 }
 
 /// `asyncio.<name>` for the transports' `__class__` (see `Handle.__class__`).

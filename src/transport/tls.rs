@@ -34,7 +34,7 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice};
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilCell;
 
-use super::{asyncio_class, is_base_exit, water_marks, StreamTransport};
+use super::{asyncio_class, is_base_exit, report_flow_control, water_marks, StreamTransport};
 
 /// Plaintext decrypted per `data_received` call at most (asyncio's `SSLProtocol.max_size`),
 /// the size of the buffer records are decrypted into.
@@ -762,19 +762,20 @@ impl TlsProtocol {
         let Some(protocol) = this.app_protocol(py) else {
             return Ok(());
         };
-        match protocol.bind(py).call_method0(name) {
-            Ok(_) => Ok(()),
-            Err(e) if is_base_exit(py, &e) => Err(e),
-            Err(e) => {
-                let ctx = PyDict::new(py);
-                ctx.set_item("message", format!("protocol.{name}() failed"))?;
-                ctx.set_item("exception", e.into_value(py))?;
-                ctx.set_item("transport", this.st.borrow(py).app_transport.as_ref())?;
-                ctx.set_item("protocol", slf)?;
-                self_loop(this, py).call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
-                Ok(())
-            }
-        }
+        let transport = this
+            .st
+            .borrow(py)
+            .app_transport
+            .as_ref()
+            .map(|t| t.clone_ref(py).into_any().into_bound(py))
+            .unwrap_or_else(|| py.None().into_bound(py));
+        report_flow_control(
+            self_loop(this, py).as_any(),
+            &transport,
+            &protocol,
+            slf.as_any(),
+            name,
+        )
     }
 
     // -- incoming -------------------------------------------------------------------------
@@ -1290,14 +1291,7 @@ impl TlsTransport {
     #[getter]
     fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         static CLS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        CLS.get_or_try_init(py, || {
-            Ok::<_, PyErr>(
-                py.import("ferroloop._transports")?
-                    .getattr("SSLTransport")?
-                    .unbind(),
-            )
-        })
-        .map(|c| c.clone_ref(py))
+        super::transports_class(py, &CLS, "SSLTransport")
     }
 
     /// `loop.start_tls` may wrap this transport again (TLS in TLS).

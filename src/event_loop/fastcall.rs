@@ -46,7 +46,7 @@ fn call_soon(
         // keyword name, all borrowed references valid for the call.
         unsafe { std::slice::from_raw_parts(args, nargs + nkw) }
     };
-    // SAFETY (for the `from_borrowed_ptr` calls below): each pointer comes from `argv`.
+    // SAFETY: (the `from_borrowed_ptr` calls below) each pointer comes from `argv`.
     let borrowed = |p: *mut ffi::PyObject| unsafe { Bound::from_borrowed_ptr(py, p) };
     let mut context = None;
     if nkw > 0 {

@@ -140,6 +140,26 @@ pub(crate) struct State {
     loop_kwargs: Option<Py<PyDict>>,
 }
 
+impl State {
+    /// Moves out the queued callbacks, timers, fd registrations (unregistered), transports,
+    /// socket waits and the `{"loop": self}` dict (which refers back to the loop), for the
+    /// caller to drop once the borrow has ended.
+    fn take_contents(&mut self) -> impl Sized {
+        let io = match &self.registry {
+            Some(r) => self.io.clear(r),
+            None => Vec::new(),
+        };
+        (
+            std::mem::take(&mut self.ready),
+            self.timers.drain(),
+            io,
+            std::mem::take(&mut self.transports),
+            std::mem::take(&mut self.sock_waits),
+            self.loop_kwargs.take(),
+        )
+    }
+}
+
 #[pyclass(subclass, frozen, weakref, module = "ferroloop._ferroloop")]
 pub struct CoreLoop {
     state: GilCell<State>,
@@ -1021,27 +1041,11 @@ impl CoreLoop {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        let (ready, timers, io, registry, waker, transports) = {
+        let taken = {
             let mut st = self.state.borrow_mut(py);
-            let st = &mut *st;
-            let io = match &st.registry {
-                Some(r) => st.io.clear(r),
-                None => Vec::new(),
-            };
-            (
-                std::mem::take(&mut st.ready),
-                st.timers.drain(),
-                io,
-                st.registry.take(),
-                st.waker.take(),
-                (
-                    std::mem::take(&mut st.transports),
-                    std::mem::take(&mut st.sock_waits),
-                    st.loop_kwargs.take(), // it refers back to the loop
-                ),
-            )
+            (st.take_contents(), st.registry.take(), st.waker.take())
         };
-        drop((ready, timers, io, registry, waker, transports));
+        drop(taken);
         if let Ok(mut g) = self.poll.lock() {
             g.take();
         }
@@ -1078,20 +1082,7 @@ impl CoreLoop {
             let Some(mut st) = self.state.try_borrow_mut_for_gc() else {
                 return;
             };
-            let st = &mut *st;
-            let io = match &st.registry {
-                Some(r) => st.io.clear(r),
-                None => Vec::new(),
-            };
-            (
-                std::mem::take(&mut st.ready),
-                st.timers.drain(),
-                io,
-                st.task_factory.take(),
-                st.loop_kwargs.take(),
-                std::mem::take(&mut st.transports),
-                std::mem::take(&mut st.sock_waits),
-            )
+            (st.take_contents(), st.task_factory.take())
         };
         drop(taken);
     }

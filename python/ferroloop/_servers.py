@@ -55,6 +55,19 @@ def _check_stream_socket(sock, unix=False) -> None:
         raise ValueError(f"A {kind} was expected, got {sock!r}")
 
 
+def _unix_path(path, sock, missing: str):
+    """path as a str, or None when a Unix stream sock is given instead (asyncio's checks;
+    ``missing`` is the message when neither is)."""
+    if path is not None:
+        if sock is not None:
+            raise ValueError("path and sock can not be specified at the same time")
+        return os.fspath(path)
+    if sock is None:
+        raise ValueError(missing)
+    _check_stream_socket(sock, unix=True)
+    return None
+
+
 def _bind_error_text(exc) -> str:
     return str(exc).lower() if _PY313 else exc.strerror.lower()
 
@@ -381,14 +394,7 @@ class NetworkMixin:
             if server_hostname is not None:
                 raise ValueError("server_hostname is only meaningful with ssl")
             _check_no_ssl_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
-        if path is not None:
-            if sock is not None:
-                raise ValueError("path and sock can not be specified at the same time")
-            path = os.fspath(path)
-        elif sock is None:
-            raise ValueError("no path and sock were specified")
-        else:
-            _check_stream_socket(sock, unix=True)
+        path = _unix_path(path, sock, "no path and sock were specified")
 
         if path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
@@ -585,14 +591,7 @@ class NetworkMixin:
         if isinstance(ssl, bool):
             raise TypeError("ssl argument must be an SSLContext or None")
         _check_no_ssl_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
-        if path is not None:
-            if sock is not None:
-                raise ValueError("path and sock can not be specified at the same time")
-            path = os.fspath(path)
-        elif sock is None:
-            raise ValueError("path was not specified, and no sock specified")
-        else:
-            _check_stream_socket(sock, unix=True)
+        path = _unix_path(path, sock, "path was not specified, and no sock specified")
 
         if path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -530,16 +530,20 @@ def measure_echo(
 
 
 def run_selftest(
-    cases: list[tuple[str, bool, Callable[[], Measurement]]],
+    measure: Callable[[str], Measurement],
     log: Callable[[str], None],
     what: str,
+    corruptions: tuple[str, ...] = ("flip", "drop"),
 ) -> bool:
-    """Run ``(label, should_pass, measure)`` cases; True if each was accepted/rejected as due."""
+    """Measure a faithful server (``measure("")``), which must be accepted, then one server per
+    corruption, each of which must be rejected; True if all were."""
     ok = True
-    for label, want_ok, measure in cases:
-        result = measure()
+    for corrupt in ("", *corruptions):
+        result = measure(corrupt)
+        want_ok = not corrupt
         passed = result.ok == want_ok
         ok &= passed
+        label = f"corrupt={corrupt}" if corrupt else "faithful server"
         verdict = "accepted" if result.ok else f"rejected ({result.detail})"
         log(f"selftest {what}: {label}: {verdict} -> {'PASS' if passed else 'FAIL'}")
     return ok

@@ -381,6 +381,20 @@ async def _drive_tcp(
             lambda index=index: protocol(run, index), "127.0.0.1", port, **tls
         )
         clients.append(proto)
+    return await measure_clients(run, clients, server_pid, warmup, duration, stall_timeout, cpus)
+
+
+async def measure_clients(
+    run: Run,
+    clients: list,
+    server_pid: int,
+    warmup: float,
+    duration: float,
+    stall_timeout: float,
+    cpus: tuple[int, ...] | None,
+) -> dict:
+    """Sample the window, let every client finish and abort its transport; the
+    :class:`Measurement` as JSON, or the run's failure."""
     window = await sample_window(run, server_pid, warmup, duration, cpus)
     await finish(run, [c.closed for c in clients], stall_timeout)
     for c in clients:

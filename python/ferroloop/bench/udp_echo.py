@@ -129,15 +129,13 @@ async def _drive(
             lambda index=index: _UdpClient(run, index), remote_addr=("127.0.0.1", port)
         )
         clients.append(proto)
-    window = await echo.sample_window(run, server_pid, warmup, duration, cpus)
-    await echo.finish(run, [c.closed for c in clients], stall_timeout)
-    for c in clients:
-        if c.transport is not None:
-            c.transport.abort()
-    if run.failed.done():
-        detail = run.failed.result().replace("their echo", "their datagram")
-        return {"status": ERROR, "detail": detail.replace("connection(s)", "socket(s)")}
-    return window.measurement().to_json()
+    result = await echo.measure_clients(
+        run, clients, server_pid, warmup, duration, stall_timeout, cpus
+    )
+    if result.get("status") == ERROR:
+        detail = result["detail"].replace("their echo", "their datagram")
+        result["detail"] = detail.replace("connection(s)", "socket(s)")
+    return result
 
 
 def client(

@@ -4,6 +4,7 @@
 
 mod errors;
 mod event_loop;
+mod freelist;
 mod gil_cell;
 mod handles;
 pub mod poller;
@@ -32,6 +33,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::install_fast_methods(&m.py().get_type::<event_loop::CoreLoop>())?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    freelist::install_handle_free_lists(m.py())?;
     m.add_class::<transport::StreamTransport>()?;
     m.add_class::<transport::DatagramTransport>()?;
     m.add_class::<transport::TlsProtocol>()?;

@@ -203,6 +203,38 @@ def test_callback_runs_in_the_explicit_context(loop):
     assert var.get() == "unset"
 
 
+class _Node:
+    """A weakly referenceable object to build reference cycles from."""
+
+
+def test_cycle_through_a_handles_copied_context_is_collected(loop):
+    # The callback stores, in the context the loop copied for it, an object that refers
+    # back to that context: a cycle that only the garbage collector can free once the
+    # handle is gone. (ferroloop hides such copies from the collector while a handle owns
+    # them, and must hand them back before letting go.)
+    refs = []
+
+    def callback():
+        node = _Node()
+        node.ctx = contextvars.copy_context()  # a copy that shares the mapping ...
+        var.set(node)  # ... and the handle's own context now refers to node
+        node.ctx = None
+        refs.append(weakref.ref(node))
+
+    handles = [loop.call_soon(callback) for _ in range(3)]
+    contexts = [h.get_context() if hasattr(h, "get_context") else h._context for h in handles]
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    for ctx, ref in zip(contexts, refs, strict=True):
+        node = ref()
+        assert ctx[var] is node
+        node.ctx = ctx  # the cycle: context -> mapping -> node -> context
+    del handles, contexts, ctx, node
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None, None]
+    assert var.get() == "unset"
+
+
 def test_running_loop_is_visible_to_asyncio_inside_callbacks(loop):
     seen = []
 

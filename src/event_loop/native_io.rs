@@ -10,7 +10,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 
-use super::{CoreLoop, ReadyItem, NATIVE_BIT, SOCK_BIT};
+use super::{CoreLoop, NATIVE_BIT, SOCK_BIT};
 use crate::errors::os_error;
 use crate::poller::Side;
 use crate::sock_ops::{self, Attempt, OpKind, SockOp, SockOpDone};
@@ -216,7 +216,7 @@ impl CoreLoop {
         self.state
             .borrow_mut(py)
             .ready
-            .push_back(ReadyItem::Read(transport));
+            .push_back(transport.turn(Side::Read));
     }
 }
 

@@ -16,7 +16,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 use std::cell::{Ref, RefMut};
 
-use crate::event_loop::CoreLoop;
+use crate::event_loop::{CoreLoop, ReadyItem};
+use crate::poller::Side;
 
 pub use datagram::DatagramTransport;
 pub use stream::StreamTransport;
@@ -69,17 +70,11 @@ impl NativeTransport {
         }
     }
 
-    pub fn on_readable(&self, py: Python<'_>) -> PyResult<()> {
+    /// Its turn to read or to write, as an entry of the loop's ready queue.
+    pub fn turn(self, side: Side) -> ReadyItem {
         match self {
-            NativeTransport::Stream(t) => StreamTransport::on_readable(t.bind(py)),
-            NativeTransport::Datagram(t) => DatagramTransport::on_readable(t.bind(py)),
-        }
-    }
-
-    pub fn on_writable(&self, py: Python<'_>) -> PyResult<()> {
-        match self {
-            NativeTransport::Stream(t) => StreamTransport::on_writable(t.bind(py)),
-            NativeTransport::Datagram(t) => DatagramTransport::on_writable(t.bind(py)),
+            NativeTransport::Stream(t) => ReadyItem::Stream(t, side),
+            NativeTransport::Datagram(t) => ReadyItem::Datagram(t, side),
         }
     }
 }
@@ -416,11 +411,7 @@ pub fn in_context<R>(
     r
 }
 
-/// A copy of the current context (`contextvars.copy_context()`).
-pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
-    // SAFETY: attached; returns a new reference or NULL with an exception set.
-    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()).map(Bound::unbind) }
-}
+pub use crate::handles::copy_context;
 
 /// `KeyboardInterrupt` and `SystemExit` propagate; everything else is reported.
 pub fn is_base_exit(py: Python<'_>, e: &PyErr) -> bool {

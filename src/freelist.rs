@@ -49,9 +49,12 @@ unsafe extern "C" fn alloc<const K: usize>(
     let list = &LISTS[K];
     // SAFETY: called by CPython on an attached thread (see `FreeList`'s `Sync`), which is
     // the only access to the cells at this time.
-    let (ty, objects) = unsafe { (*list.ty.get(), &mut *list.objects.get()) };
+    let ty = unsafe { *list.ty.get() };
     if nitems == 0 && subtype == ty {
-        if let Some(obj) = objects.pop() {
+        // SAFETY: as above. The borrow ends before anything below can run Python code
+        // (a collection started by `PyType_GenericAlloc` may free handles into this list).
+        let kept = unsafe { (*list.objects.get()).pop() };
+        if let Some(obj) = kept {
             // SAFETY: `obj` is memory of an instance of `ty` that `free` kept rather than
             // released, so it has the type's size; `PyObject_Init` sets its type (taking a
             // reference to the heap type, which the deallocator gives back) and reference

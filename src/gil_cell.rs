@@ -24,7 +24,7 @@ pub struct GilCell<T>(RefCell<T>);
 unsafe impl<T: Send> Sync for GilCell<T> {}
 
 impl<T> GilCell<T> {
-    pub fn new(value: T) -> Self {
+    pub const fn new(value: T) -> Self {
         GilCell(RefCell::new(value))
     }
 

@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyFloat, PyTuple};
+use pyo3::PyTypeInfo;
 
 use crate::gil_cell::GilCell;
 use crate::timers::Cancellable;
@@ -132,7 +133,8 @@ pub struct Handle {
     /// Keep the callback after running: reader/writer handles run many times, and debug
     /// mode formats handles after they ran.
     keep_after_run: bool,
-    context: HandleContext,
+    /// Empty only while the handle waits in `SPARE` for reuse.
+    context: GilCell<Option<HandleContext>>,
     cancelled: AtomicBool,
     source_traceback: Option<Py<PyAny>>,
 }
@@ -180,11 +182,6 @@ impl HandleContext {
             hidden: true,
         })
     }
-
-    #[inline]
-    fn as_ptr(&self) -> *mut ffi::PyObject {
-        self.context.as_ptr()
-    }
 }
 
 impl Drop for HandleContext {
@@ -205,7 +202,80 @@ impl Drop for HandleContext {
     }
 }
 
+/// One-shot handles that ran and that nothing else refers to, kept for reuse.
+///
+/// Discussion: every task step and future callback goes through `call_soon`, whose handle
+/// the caller drops at once, so a handle usually dies right after it runs. Making a Python
+/// object and tearing it down (allocation, PyO3's initialisation, the deallocator) costs
+/// about as much as the rest of `call_soon` and the run together. When the loop lets go of
+/// a handle it ran and it holds the only reference (and no weak reference exists),
+/// nobody can tell it apart from a new one, so it is emptied and handed out again by the
+/// next `call_soon`.
+static SPARE: GilCell<Vec<Py<Handle>>> = GilCell::new(Vec::new());
+
+/// At most this many spare handles are kept.
+const SPARE_CAPACITY: usize = 256;
+
+/// `handle` is a plain `Handle` (not a subclass) that only the caller refers to, strongly
+/// or weakly.
+fn is_unshared(handle: &Bound<'_, Handle>) -> bool {
+    let obj = handle.as_ptr();
+    // SAFETY: attached; `obj` is a live object whose type is `Handle` or a subclass, so its
+    // header can be read. A positive `tp_weaklistoffset` is the offset of the instance's
+    // weak-reference list pointer (PyO3's `weakref` option sets it), NULL when none exists.
+    unsafe {
+        let ty = ffi::Py_TYPE(obj);
+        if ffi::Py_REFCNT(obj) != 1 || ty != Handle::type_object_raw(handle.py()) {
+            return false;
+        }
+        let offset = (*ty).tp_weaklistoffset;
+        offset > 0 && (*obj.cast::<u8>().offset(offset).cast::<*mut ffi::PyObject>()).is_null()
+    }
+}
+
 impl Handle {
+    /// A one-shot handle outside debug mode (`call_soon`): a spare one refilled, or a new
+    /// one.
+    pub fn one_shot(
+        py: Python<'_>,
+        func: Bound<'_, PyAny>,
+        args: Args,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let spare = SPARE.borrow_mut(py).pop();
+        let Some(handle) = spare else {
+            return Py::new(py, Handle::new(py, func, args, context, false, false)?);
+        };
+        let context = HandleContext::new(py, context)?;
+        let this = handle.get();
+        this.cancelled.store(false, Ordering::Relaxed);
+        // The slots are empty (see `recycle`): assigning drops nothing.
+        *this.callback.borrow_mut(py) = Some(Callback {
+            func: func.unbind(),
+            args,
+        });
+        *this.context.borrow_mut(py) = Some(context);
+        Ok(handle)
+    }
+
+    /// The loop lets go of a handle it ran: a one-shot handle nobody else refers to is
+    /// emptied and kept for `one_shot`.
+    pub fn recycle(handle: Bound<'_, Handle>) {
+        let py = handle.py();
+        let this = handle.get();
+        if this.keep_after_run || this.source_traceback.is_some() || !is_unshared(&handle) {
+            return;
+        }
+        let callback = this.callback.borrow_mut(py).take();
+        let context = this.context.borrow_mut(py).take();
+        // Dropping may run Python code, which cannot reach this handle: nothing refers to it.
+        drop((callback, context));
+        let mut spare = SPARE.borrow_mut(py);
+        if spare.len() < SPARE_CAPACITY {
+            spare.push(handle.unbind());
+        }
+    }
+
     #[inline(always)]
     pub fn new(
         py: Python<'_>,
@@ -231,7 +301,7 @@ impl Handle {
                 args,
             })),
             keep_after_run: repeats || debug,
-            context,
+            context: GilCell::new(Some(context)),
             cancelled: AtomicBool::new(false),
             source_traceback,
         })
@@ -273,9 +343,17 @@ impl Handle {
         let Some(Callback { func, args }) = callback else {
             return Ok(());
         };
-        let ctx = this.context.as_ptr();
-        // SAFETY: attached; `ctx` is a live context object owned by this handle for the
-        // whole call (the handle is borrowed by the caller). Enter/Exit are paired below.
+        let Some(context) = this
+            .context
+            .borrow(py)
+            .as_ref()
+            .map(|c| c.context.clone_ref(py))
+        else {
+            return Ok(());
+        };
+        let ctx = context.as_ptr();
+        // SAFETY: attached; `ctx` is a live context object held by this handle and, above,
+        // by us for the whole call. Enter/Exit are paired below.
         let result = if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
             Err(PyErr::fetch(py))
         } else {
@@ -327,8 +405,11 @@ impl Handle {
         self.is_cancelled()
     }
 
-    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.context.clone_ref(py)
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.context
+            .borrow(py)
+            .as_ref()
+            .map(|c| c.context.clone_ref(py))
     }
 
     /// `asyncio.Handle`, so `isinstance(handle, asyncio.Handle)` holds as it does for

@@ -207,6 +207,62 @@ class _Node:
     """A weakly referenceable object to build reference cycles from."""
 
 
+def _context_of(handle):
+    return handle.get_context() if hasattr(handle, "get_context") else handle._context
+
+
+def _run_once(loop):
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+def test_a_handle_still_referenced_after_running_keeps_its_identity_and_context(loop):
+    # ferroloop reuses handles that nothing refers to once they ran; a handle somebody
+    # holds must stay what it was.
+    token = var.set("first")
+    try:
+        first = loop.call_soon(len, ())
+        _run_once(loop)
+        var.set("second")
+        later = [loop.call_soon(len, ()) for _ in range(10)]
+        assert all(h is not first for h in later)
+        assert _context_of(first)[var] == "first"
+        assert all(_context_of(h)[var] == "second" for h in later)
+        _run_once(loop)
+    finally:
+        var.reset(token)
+
+
+def test_a_weakly_referenced_handle_dies_after_running(loop):
+    ran = []
+    ref = weakref.ref(loop.call_soon(ran.append, 1))
+    _run_once(loop)
+    gc.collect()
+    assert ran == [1]
+    assert ref() is None
+    handles = [loop.call_soon(ran.append, 2) for _ in range(10)]
+    assert all(ref() is None for _ in handles)
+    _run_once(loop)
+    assert ran == [1] + [2] * 10
+
+
+def test_new_handles_are_fresh_after_dropped_ones_ran_or_were_cancelled(loop):
+    ran = []
+    loop.call_soon(ran.append, "cancelled").cancel()
+    for i in range(5):
+        loop.call_soon(ran.append, i)
+    _run_once(loop)
+    token = var.set("now")
+    try:
+        handles = [loop.call_soon(ran.append, i) for i in range(5, 50)]
+    finally:
+        var.reset(token)
+    assert not any(h.cancelled() for h in handles)
+    assert all(_context_of(h)[var] == "now" for h in handles)
+    _run_once(loop)
+    assert ran == list(range(50))
+
+
 def test_cycle_through_a_handles_copied_context_is_collected(loop):
     # The callback stores, in the context the loop copied for it, an object that refers
     # back to that context: a cycle that only the garbage collector can free once the
@@ -222,7 +278,7 @@ def test_cycle_through_a_handles_copied_context_is_collected(loop):
         refs.append(weakref.ref(node))
 
     handles = [loop.call_soon(callback) for _ in range(3)]
-    contexts = [h.get_context() if hasattr(h, "get_context") else h._context for h in handles]
+    contexts = [_context_of(h) for h in handles]
     loop.call_soon(loop.stop)
     loop.run_forever()
     for ctx, ref in zip(contexts, refs, strict=True):

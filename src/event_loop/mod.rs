@@ -299,6 +299,9 @@ impl CoreLoop {
         repeats: bool,
     ) -> PyResult<Py<Handle>> {
         let debug = self.debug.load(Ordering::Relaxed);
+        if !debug && !repeats {
+            return Handle::one_shot(py, callback, args, context);
+        }
         let h = Handle::new(py, callback, args, context, debug, repeats)?;
         Py::new(py, h)
     }
@@ -611,6 +614,7 @@ impl CoreLoop {
                 }
             } else {
                 Handle::run(&handle, slf.as_any())?;
+                Handle::recycle(handle);
             }
         }
         Ok(())

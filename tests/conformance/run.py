@@ -18,7 +18,8 @@ skips every test already run.
 
 Outcomes per test: passed, failed, error, skipped, hung, crash, stdlib-leak (passed, but built a
 stdlib loop somewhere, so it proved nothing about the loop under test) and not_applicable (listed
-in not_applicable.txt: never run). See README.md beside this file.
+in not_applicable.txt or a not_applicable-*.txt beside it, for this Python: never run). See
+README.md beside this file.
 
 Exit status: with ``--check-ratchet``, 0 if every ratchet id (of the modules run) passed, else 1.
 Without it, 0 if no applicable test failed, errored, hung, crashed or leaked, else 1.
@@ -43,7 +44,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "_child.py"
-NOT_APPLICABLE_FILE = HERE / "not_applicable.txt"
+# not_applicable.txt (the shared classification of 3.11's suite) and not_applicable-<X.Y>.txt (the
+# tests that later suites add); every file is read on every Python, see read_not_applicable().
+NOT_APPLICABLE_GLOB = "not_applicable*.txt"
 RATCHET_FILE = HERE / "ratchet.txt"
 RESULTS_DIR = HERE / "results"  # git-ignored: child logs and fault tracebacks
 SUITE_PACKAGE = "test.test_asyncio"
@@ -454,6 +457,61 @@ def read_id_file(path: Path) -> set[str]:
     return ids
 
 
+# An entry of a not-applicable file: ``id`` or ``id [condition]``, then optionally ``<TAB>reason``.
+NA_ENTRY = re.compile(r"^(?P<id>[\w.]+)(?:\s+\[(?P<cond>[^\]]*)\])?$")
+# One clause of a condition: an operator and a version of one to three numbers, e.g. ``<3.12.2``.
+NA_CLAUSE = re.compile(r"^(?P<op>>=|<=|==|!=|>|<)\s*(?P<version>\d+(?:\.\d+){0,2})$")
+VERSION_OPS = {
+    ">=": lambda a, b: a >= b,
+    "<=": lambda a, b: a <= b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b,
+}
+
+
+def version_matches(condition: str, version: tuple[int, ...]) -> bool:
+    """Whether ``version`` (``sys.version_info[:3]``) satisfies ``condition``: comma-separated
+    clauses such as ``>=3.12`` or ``<3.12.2``, all of which must hold. Each clause compares only
+    as many components as it names, so ``==3.12`` holds on every 3.12.x and ``<3.13`` on 3.12.9.
+    """
+    for clause in condition.split(","):
+        match = NA_CLAUSE.match(clause.strip())
+        if not match:
+            raise ValueError(f"bad version clause {clause.strip()!r}")
+        want = tuple(int(n) for n in match["version"].split("."))
+        if not VERSION_OPS[match["op"]](tuple(version[: len(want)]), want):
+            return False
+    return True
+
+
+def read_not_applicable(
+    directory: Path = HERE, version: tuple[int, ...] = tuple(sys.version_info[:3])
+) -> set[str]:
+    """Ids of the tests not applicable on Python ``version``, from every not-applicable file.
+
+    Each line is ``id<TAB>reason``, where ``id`` may be followed by a version condition in
+    brackets (``test.test_asyncio.x.C.test_y [<3.13]``): the entry then applies only to the
+    Pythons that satisfy it. An entry without one applies to every Python; an id that the running
+    suite does not have is simply never matched.
+    """
+    ids = set()
+    for path in sorted(directory.glob(NOT_APPLICABLE_GLOB)):
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            entry = NA_ENTRY.match(line.split("\t")[0].strip())
+            try:
+                if entry is None:
+                    raise ValueError("expected 'test_id' or 'test_id [condition]'")
+                if entry["cond"] is None or version_matches(entry["cond"], version):
+                    ids.add(entry["id"])
+            except ValueError as exc:
+                raise SystemExit(f"{path.name}:{lineno}: {exc}") from None
+    return ids
+
+
 def module_of(test_id: str) -> str:
     # test.test_asyncio.<module>.<Class>.<method>
     return test_id.split(".")[2]
@@ -551,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.update_ratchet and args.loop != "ferroloop":
         parser.error("--update-ratchet only makes sense with --loop ferroloop")
     modules = parse_modules(args.modules)
-    not_applicable = read_id_file(NOT_APPLICABLE_FILE)
+    not_applicable = read_not_applicable()
     log_dir = RESULTS_DIR / args.loop
     log_dir.mkdir(parents=True, exist_ok=True)
 

@@ -21,7 +21,8 @@ stdlib loop somewhere, so it proved nothing about the loop under test) and not_a
 in not_applicable.txt or a not_applicable-*.txt beside it, for this Python: never run). See
 README.md beside this file.
 
-Exit status: with ``--check-ratchet``, 0 if every ratchet id (of the modules run) passed, else 1.
+Exit status: with ``--check-ratchet``, 0 if every ratchet id (of the modules run) passed, else 1;
+ids that the running Python's suite does not have are reported as absent and not checked.
 Without it, 0 if no applicable test failed, errored, hung, crashed or leaked, else 1.
 """
 
@@ -87,7 +88,8 @@ RATCHET_HEADER = """\
 # ferroloop conformance ratchet: ids of CPython test_asyncio tests known to pass on ferroloop.
 # Sorted, one per line. `python tests/conformance/run.py --check-ratchet` fails if any of these
 # does not pass; `--update-ratchet` adds newly passing ids and never removes any. Remove an id
-# by hand only with a reason in the commit message.
+# by hand only with a reason in the commit message. One list for every Python version: an id
+# that the running Python's suite does not have is reported as absent there, and not checked.
 """
 
 POLL_INTERVAL = 0.1  # seconds between looks at a running child
@@ -517,25 +519,56 @@ def module_of(test_id: str) -> str:
     return test_id.split(".")[2]
 
 
-def check_ratchet(ratchet: set[str], results: list[ModuleResult], retry) -> bool:
-    """True if every ratchet id of the modules run passed.
+def check_ratchet(
+    ratchet: set[str], results: list[ModuleResult], retry, suite_modules: set[str]
+) -> bool:
+    """True if every ratchet id of the modules run that this Python can run passed.
+
+    The ratchet is shared by every Python version, and suites differ: an id that the running
+    interpreter's suite does not have (its module was run and did not list it, or the suite has no
+    such module) is reported as absent in this Python, and one that a version-conditioned entry
+    makes not applicable here is reported as such. Neither is checked. The ids of a module that
+    could not be loaded at all are not absent: they did not pass.
 
     An id that did not pass is run once more, alone with the other such ids of its module, in a
     fresh child (``retry``: ids -> {id: outcome}); if it passes then, it is reported as flaky and
     does not fail the check, so that one unlucky timing does not break CI. It is listed, so that
     a flaky test is seen and fixed.
     """
+    ran = {r.module: r for r in results}
     outcomes = {tid: oc for r in results for tid, (oc, _) in r.tests.items()}
-    ran_modules = {r.module for r in results}
-    relevant = sorted(t for t in ratchet if module_of(t) in ran_modules)
-    not_passing = [t for t in relevant if outcomes.get(t) != "passed"]
+
+    def absent(test_id: str) -> bool:
+        module = module_of(test_id)
+        if module not in suite_modules:
+            return True
+        r = ran[module]
+        return not r.broken and bool(r.order) and test_id not in r.order
+
+    relevant = sorted(
+        t for t in ratchet if module_of(t) in ran or module_of(t) not in suite_modules
+    )
+    missing = [t for t in relevant if absent(t)]
+    not_applicable = [t for t in relevant if outcomes.get(t) == "not_applicable"]
+    unchecked = set(missing) | set(not_applicable)
+    checked = [t for t in relevant if t not in unchecked]
+    not_passing = [t for t in checked if outcomes.get(t) != "passed"]
     retried = retry(not_passing) if not_passing else {}
     flaky = [t for t in not_passing if retried.get(t) == "passed"]
     regressed = [t for t in not_passing if retried.get(t) != "passed"]
+    python = sys.version.split()[0]
     print(
-        f"\nRatchet: {len(relevant) - len(regressed)}/{len(relevant)} ids of the modules run "
+        f"\nRatchet: {len(checked) - len(regressed)}/{len(checked)} ids of the modules run "
         "still pass."
     )
+    if missing:
+        print(f"Absent in this Python ({python}), not checked ({len(missing)}):")
+        for test_id in missing:
+            print(f"  {'absent':<11} {test_id}")
+    if not_applicable:
+        print(f"Not applicable in this Python ({python}), not checked ({len(not_applicable)}):")
+        for test_id in not_applicable:
+            print(f"  {'n/a':<11} {test_id}")
     if flaky:
         print(f"Flaky ({len(flaky)}): did not pass at first, passed when run again:")
         for test_id in flaky:
@@ -543,11 +576,13 @@ def check_ratchet(ratchet: set[str], results: list[ModuleResult], retry) -> bool
     if regressed:
         print(f"Ratchet FAILED; {len(regressed)} id(s) no longer pass (even when run again):")
         for test_id in regressed:
-            print(f"  {outcomes.get(test_id, 'not found in the suite'):<11} {test_id}")
+            print(f"  {outcomes.get(test_id, 'not run'):<11} {test_id}")
     return not regressed
 
 
 def update_ratchet(ratchet: set[str], results: list[ModuleResult]) -> None:
+    """Add the ids that passed in this run. Nothing is ever removed: ids of other modules, and
+    ids that only another Python version's suite has, stay."""
     passing = {tid for r in results for tid, (oc, _) in r.tests.items() if oc == "passed"}
     added = passing - ratchet
     RATCHET_FILE.write_text(RATCHET_HEADER + "".join(f"{t}\n" for t in sorted(ratchet | passing)))
@@ -675,7 +710,7 @@ def main(argv: list[str] | None = None) -> int:
                 return {tid: oc for r in reruns for tid, (oc, _) in r.tests.items()}
 
         ratchet = read_id_file(RATCHET_FILE) if RATCHET_FILE.exists() else set()
-        status = 0 if check_ratchet(ratchet, results, retry) else 1
+        status = 0 if check_ratchet(ratchet, results, retry, set(all_modules())) else 1
     if broken:
         status = 1
     if args.update_ratchet:

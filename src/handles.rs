@@ -214,7 +214,7 @@ impl Drop for HandleContext {
 static SPARE: GilCell<Vec<Py<Handle>>> = GilCell::new(Vec::new());
 
 /// At most this many spare handles are kept.
-const SPARE_CAPACITY: usize = 256;
+const SPARE_CAPACITY: usize = 1024;
 
 /// `handle` is a plain `Handle` (not a subclass) that only the caller refers to, strongly
 /// or weakly.

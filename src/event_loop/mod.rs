@@ -435,8 +435,12 @@ impl CoreLoop {
     fn poll_io(&self, py: Python<'_>) -> PyResult<()> {
         let (timeout, pruned) = {
             let mut st = self.state.borrow_mut(py);
-            for _ in 0..self.timers_cancelled.swap(0, Ordering::Relaxed) {
-                st.timers.note_cancelled();
+            // A plain load first: the exchange is an atomic read-modify-write, and most
+            // iterations have nothing to take.
+            if self.timers_cancelled.load(Ordering::Relaxed) > 0 {
+                for _ in 0..self.timers_cancelled.swap(0, Ordering::Relaxed) {
+                    st.timers.note_cancelled();
+                }
             }
             let pruned = st.timers.prune();
             let State {

@@ -31,6 +31,26 @@ pub enum Side {
     Write,
 }
 
+impl Side {
+    /// The poller interest that reports this side.
+    pub fn interest(self) -> Interest {
+        match self {
+            Side::Read => Interest::READABLE,
+            Side::Write => Interest::WRITABLE,
+        }
+    }
+}
+
+/// The interest that reports the wanted sides, if any.
+pub fn interest_of(read: bool, write: bool) -> Option<Interest> {
+    match (read, write) {
+        (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
+        (true, false) => Some(Interest::READABLE),
+        (false, true) => Some(Interest::WRITABLE),
+        (false, false) => None,
+    }
+}
+
 struct FdEntry<T> {
     reader: Option<T>,
     writer: Option<T>,
@@ -38,12 +58,7 @@ struct FdEntry<T> {
 
 impl<T> FdEntry<T> {
     fn interest(&self) -> Option<Interest> {
-        match (self.reader.is_some(), self.writer.is_some()) {
-            (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
-            (true, false) => Some(Interest::READABLE),
-            (false, true) => Some(Interest::WRITABLE),
-            (false, false) => None,
-        }
+        interest_of(self.reader.is_some(), self.writer.is_some())
     }
     fn slot(&mut self, side: Side) -> &mut Option<T> {
         match side {

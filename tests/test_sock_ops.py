@@ -285,6 +285,88 @@ def test_cancelled_sock_recv_then_add_reader(loop, tcp_pair):
     assert run(loop, main()) == b"to the reader"
 
 
+def _wait_then_recv(loop, conn, peer, payload):
+    """sock_recv on conn that has to wait for the peer's payload."""
+
+    async def go():
+        recv = asyncio.ensure_future(loop.sock_recv(conn, 100))
+        await asyncio.sleep(0)
+        assert not recv.done()
+        await loop.sock_sendall(peer, payload)
+        return await recv
+
+    return go()
+
+
+def test_sock_recv_on_a_socket_that_reuses_a_closed_ones_fd(loop, tcp_pair, sockets):
+    # A socket closed after waiting in sock_recv gives its fd number to the next socket,
+    # whose waits must still be reported.
+    client, conn = tcp_pair
+    listener = sockets(bind=("127.0.0.1", 0), listen=True)
+
+    async def main():
+        assert await _wait_then_recv(loop, conn, client, b"first") == b"first"
+        old_fd = conn.fileno()
+        conn.close()
+        other = sockets()
+        (new_conn, _), _ = await asyncio.gather(
+            loop.sock_accept(listener), loop.sock_connect(other, listener.getsockname())
+        )
+        try:
+            new_conn.setblocking(False)
+            reused = new_conn.fileno() == old_fd or other.fileno() == old_fd
+            got = await _wait_then_recv(loop, new_conn, other, b"second")
+            back = await _wait_then_recv(loop, other, new_conn, b"third")
+            return reused, got, back
+        finally:
+            new_conn.close()
+
+    reused, got, back = run(loop, main())
+    assert (got, back) == (b"second", b"third")
+    assert reused  # the kernel hands out the lowest free number: the case is exercised
+
+
+def test_add_reader_then_sock_recv_after_sock_recv_waited(loop, tcp_pair):
+    client, conn = tcp_pair
+
+    async def main():
+        assert await _wait_then_recv(loop, conn, client, b"one") == b"one"
+        readable = loop.create_future()
+        loop.add_reader(conn, lambda: readable.done() or readable.set_result(conn.recv(100)))
+        try:
+            await loop.sock_sendall(client, b"two")
+            got = await readable
+        finally:
+            assert loop.remove_reader(conn) is True
+        # The reader's removal took the fd out of the poller: sock_recv must register it.
+        return got, await _wait_then_recv(loop, conn, client, b"three")
+
+    assert run(loop, main()) == (b"two", b"three")
+
+
+def test_transport_on_a_socket_that_waited_in_sock_recv(loop, tcp_pair):
+    client, conn = tcp_pair
+
+    class Collect(asyncio.Protocol):
+        def __init__(self):
+            self.got = loop.create_future()
+
+        def data_received(self, data):
+            if not self.got.done():
+                self.got.set_result(data)
+
+    async def main():
+        assert await _wait_then_recv(loop, conn, client, b"raw") == b"raw"
+        transport, protocol = await loop.connect_accepted_socket(Collect, conn)
+        try:
+            await loop.sock_sendall(client, b"via transport")
+            return await protocol.got
+        finally:
+            transport.close()
+
+    assert run(loop, main()) == b"via transport"
+
+
 def test_cancelled_sock_accept_leaves_no_registration(loop, sockets):
     listener = sockets(bind=("127.0.0.1", 0), listen=True)
     client = sockets()

@@ -197,7 +197,7 @@ class SocketOpsMixin:
         """Receive up to n bytes from sock."""
         if type(sock) is _PLAIN_SOCKET:  # fast path; cannot be an SSLSocket
             self._check_nonblocking(sock)
-            result = self._sock_recv(sock.fileno(), n)
+            result = self._sock_recv(sock, sock.fileno(), n)
             if result is not NotImplemented:
                 return result if type(result) is bytes else await result
         self._check_socket(sock)
@@ -211,7 +211,7 @@ class SocketOpsMixin:
         """Receive into the writable buffer buf; return the number of bytes received."""
         if type(sock) is _PLAIN_SOCKET:  # fast path; cannot be an SSLSocket
             self._check_nonblocking(sock)
-            result = self._sock_recv_into(sock.fileno(), buf)
+            result = self._sock_recv_into(sock, sock.fileno(), buf)
             if result is not NotImplemented:
                 return result if type(result) is int else await result
         self._check_socket(sock)
@@ -256,7 +256,7 @@ class SocketOpsMixin:
         """Send all of data, waiting for the socket to drain as needed."""
         if type(sock) is _PLAIN_SOCKET:  # fast path; cannot be an SSLSocket
             self._check_nonblocking(sock)
-            result = self._sock_sendall(sock.fileno(), data)
+            result = self._sock_sendall(sock, sock.fileno(), data)
             if result is not NotImplemented:
                 return None if result is None else await result
         self._check_socket(sock)

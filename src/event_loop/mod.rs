@@ -31,13 +31,13 @@ use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueErro
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyTuple, PyWeakrefReference};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::handles::{format_module, Args, Handle, TimerHandle};
-use crate::poller::{IoMap, Ready, Side};
+use crate::poller::{interest_of, IoMap, Ready, Side};
 use crate::sock_ops::{self, OpKind, SockOp};
 use crate::timers::TimerHeap;
 
@@ -102,11 +102,23 @@ impl ReadyItem {
     }
 }
 
-/// The native `sock_*` operations waiting on one fd.
+/// The native `sock_*` operations waiting on one fd, and its poller registration.
+///
+/// Discussion: the registration outlives the operations. A socket served with `sock_recv`
+/// and `sock_sendall` waits again and again; registering and removing it each time cost
+/// two `epoll_ctl` calls per wait, a fifth of an echo server's system calls. The fd stays
+/// registered (edge-triggered: an operation waits only after an attempt found the socket
+/// not ready, so the next edge is still to come) while the same socket object uses it.
+/// It is forgotten when a reader, writer or transport takes the fd over, and not trusted
+/// for another socket object, which may have inherited the number of a closed one.
 #[derive(Default)]
 pub(crate) struct SockWaits {
     read: Option<SockOp>,
     write: Option<SockOp>,
+    /// What the fd is registered for under its `SOCK_BIT` token, if it is.
+    registered: Option<mio::Interest>,
+    /// A weak reference to the socket object whose operations registered the fd.
+    owner: Option<Py<PyAny>>,
 }
 
 impl SockWaits {
@@ -116,13 +128,19 @@ impl SockWaits {
             Side::Write => &mut self.write,
         }
     }
+    /// The registration was made for operations of `sock` (compared by identity).
+    pub(crate) fn is_owned_by(&self, sock: &Bound<'_, PyAny>) -> bool {
+        self.owner.as_ref().is_some_and(|w| {
+            w.bind(sock.py())
+                .cast::<PyWeakrefReference>()
+                .ok()
+                .and_then(|w| w.upgrade())
+                .is_some_and(|owner| owner.is(sock))
+        })
+    }
+
     pub(crate) fn interest(&self) -> Option<mio::Interest> {
-        match (self.read.is_some(), self.write.is_some()) {
-            (true, true) => Some(mio::Interest::READABLE | mio::Interest::WRITABLE),
-            (true, false) => Some(mio::Interest::READABLE),
-            (false, true) => Some(mio::Interest::WRITABLE),
-            (false, false) => None,
-        }
+        interest_of(self.read.is_some(), self.write.is_some())
     }
 }
 
@@ -364,11 +382,20 @@ impl CoreLoop {
         handle: Option<Py<Handle>>,
     ) -> PyResult<Option<Py<Handle>>> {
         let mut st = self.state.borrow_mut(py);
-        let State { io, registry, .. } = &mut *st;
+        let State {
+            io,
+            registry,
+            sock_waits,
+            ..
+        } = &mut *st;
         let Some(registry) = registry.as_ref() else {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         };
-        io.set(registry, fd, side, handle).map_err(os_error)
+        let idle = native_io::forget_sock_registration(sock_waits, fd);
+        let result = io.set(registry, fd, side, handle).map_err(os_error);
+        drop(st);
+        drop(idle);
+        result
     }
 
     fn add_io(
@@ -714,7 +741,12 @@ impl CoreLoop {
 
     /// Native `sock_recv`: bytes, a future of bytes, or `NotImplemented` when the fd is in
     /// use by a reader, writer or transport (then `Loop` takes the general path).
-    fn _sock_recv(slf: &Bound<'_, Self>, fd: RawFd, n: isize) -> PyResult<Py<PyAny>> {
+    fn _sock_recv(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        fd: RawFd,
+        n: isize,
+    ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let n = sock_ops::recv_size(n)?;
         if !slf.get().sock_fd_free(py, fd) {
@@ -723,12 +755,13 @@ impl CoreLoop {
         if let Some(data) = sock_ops::first_recv(py, fd, n)? {
             return Ok(data);
         }
-        Self::sock_op_start(slf, fd, Side::Read, OpKind::Recv { n })
+        Self::sock_op_start(slf, sock, fd, Side::Read, OpKind::Recv { n })
     }
 
     /// Native `sock_recv_into`: an int, a future of it, or `NotImplemented`.
     fn _sock_recv_into(
         slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
         fd: RawFd,
         buf: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
@@ -740,13 +773,14 @@ impl CoreLoop {
             return Ok(n.into_pyobject(py)?.into_any().unbind());
         }
         let buf = buf.clone().unbind();
-        Self::sock_op_start(slf, fd, Side::Read, OpKind::RecvInto { buf })
+        Self::sock_op_start(slf, sock, fd, Side::Read, OpKind::RecvInto { buf })
     }
 
     /// Native `sock_sendall`: None when everything was sent at once, else a future, or
     /// `NotImplemented`.
     fn _sock_sendall(
         slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
         fd: RawFd,
         data: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
@@ -773,7 +807,13 @@ impl CoreLoop {
             }
             rest = bytes[sent..].to_vec();
         }
-        Self::sock_op_start(slf, fd, Side::Write, OpKind::SendAll { data: rest, pos: 0 })
+        Self::sock_op_start(
+            slf,
+            sock,
+            fd,
+            Side::Write,
+            OpKind::SendAll { data: rest, pos: 0 },
+        )
     }
 
     /// Schedules a coroutine as an `asyncio.Task` (through the task factory if one is set).
@@ -1083,6 +1123,7 @@ impl CoreLoop {
                 for op in w.read.iter().chain(w.write.iter()) {
                     visit.call(op.future())?;
                 }
+                visit.call(&w.owner)?;
             }
             for t in st.transports.values() {
                 visit.call(t.as_any())?;

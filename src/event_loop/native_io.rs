@@ -3,14 +3,16 @@
 //! Both use tokens with a marker bit above the fd, so the poll step can tell them from
 //! user readers and writers, and both queue `ReadyItem`s instead of Python handles.
 
+use std::collections::HashMap;
 use std::os::fd::RawFd;
 
 use mio::Token;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::intern;
 use pyo3::prelude::*;
+use pyo3::types::PyWeakrefReference;
 
-use super::{CoreLoop, NATIVE_BIT, SOCK_BIT};
+use super::{CoreLoop, SockWaits, NATIVE_BIT, SOCK_BIT};
 use crate::errors::os_error;
 use crate::poller::Side;
 use crate::sock_ops::{self, Attempt, OpKind, SockOp, SockOpDone};
@@ -25,27 +27,31 @@ impl CoreLoop {
         write: bool,
     ) -> PyResult<()> {
         let fd = transport.fd();
-        let mut st = self.state.borrow_mut(py);
-        let Some(registry) = st.registry.as_ref() else {
-            return Err(PyRuntimeError::new_err("Event loop is closed"));
-        };
         let interest = if write {
             mio::Interest::READABLE | mio::Interest::WRITABLE
         } else {
             mio::Interest::READABLE
         };
-        let token = Token(fd as usize | NATIVE_BIT);
-        let mut source = mio::unix::SourceFd(&fd);
-        match registry.register(&mut source, token, interest) {
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                registry.reregister(&mut source, token, interest)
+        let replaced = {
+            let mut st = self.state.borrow_mut(py);
+            let st = &mut *st;
+            let Some(registry) = st.registry.as_ref() else {
+                return Err(PyRuntimeError::new_err("Event loop is closed"));
+            };
+            let token = Token(fd as usize | NATIVE_BIT);
+            let mut source = mio::unix::SourceFd(&fd);
+            let idle = forget_sock_registration(&mut st.sock_waits, fd);
+            match registry.register(&mut source, token, interest) {
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    registry.reregister(&mut source, token, interest)
+                }
+                r => r,
             }
-            r => r,
-        }
-        .map_err(os_error)?;
-        let old = st.transports.insert(fd, transport);
-        drop(st);
-        drop(old);
+            .map_err(os_error)?;
+            (st.transports.insert(fd, transport), idle)
+        };
+        // Dropped once the state is free: the old transport's release may run Python code.
+        drop(replaced);
         Ok(())
     }
 
@@ -76,7 +82,10 @@ impl CoreLoop {
             if let Some(registry) = st.registry.as_ref() {
                 let _ = registry.deregister(&mut mio::unix::SourceFd(&fd));
             }
-            st.transports.remove(&fd)
+            (
+                st.transports.remove(&fd),
+                forget_sock_registration(&mut st.sock_waits, fd),
+            )
         };
         drop(old);
     }
@@ -89,50 +98,75 @@ impl CoreLoop {
             && !st.transports.contains_key(&fd)
     }
 
-    /// Puts `op` in the `side` slot of `fd` and updates the poller. Returns the operation it
-    /// replaced, if any (asyncio also lets a later wait replace an earlier one's reader).
+    /// Puts `op` in the `side` slot of `fd` and makes sure the poller reports `side` (see
+    /// `SockWaits`). Returns the operation it replaced, if any (asyncio also lets a later
+    /// wait replace an earlier one's reader).
     pub(super) fn sock_op_wait(
         &self,
         py: Python<'_>,
+        sock: &Bound<'_, PyAny>,
         fd: RawFd,
         side: Side,
         op: SockOp,
     ) -> PyResult<Option<SockOp>> {
+        let owned = self
+            .state
+            .borrow(py)
+            .sock_waits
+            .get(&fd)
+            .is_some_and(|w| w.is_owned_by(sock));
+        // Made before the state is borrowed: allocating may start a collection.
+        let new_owner = if owned {
+            None
+        } else {
+            Some(PyWeakrefReference::new(sock)?.into_any().unbind())
+        };
         let mut st = self.state.borrow_mut(py);
         let st = &mut *st;
         let Some(registry) = st.registry.as_ref() else {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         };
         let waits = st.sock_waits.entry(fd).or_default();
-        let was = waits.interest();
+        let replaced_owner = new_owner.map(|w| {
+            // Another socket object: whatever this fd number was registered for belonged to
+            // a socket that may be closed by now, so it proves nothing.
+            waits.registered = None;
+            waits.owner.replace(w)
+        });
         let old = waits.slot(side).replace(op);
         let token = Token(fd as usize | SOCK_BIT);
         let mut source = mio::unix::SourceFd(&fd);
-        let r = match (was, waits.interest()) {
-            (_, None) => Ok(()),
-            (None, Some(i)) => match registry.register(&mut source, token, i) {
+        let wanted = side.interest();
+        let r = match waits.registered {
+            Some(r) if covers(r, wanted) => Ok(r),
+            Some(r) => registry
+                .reregister(&mut source, token, r | wanted)
+                .map(|_| r | wanted),
+            None => match registry.register(&mut source, token, wanted) {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    registry.reregister(&mut source, token, i)
+                    registry.reregister(&mut source, token, wanted)
                 }
                 r => r,
-            },
-            (Some(a), Some(b)) if a == b => Ok(()),
-            (Some(_), Some(i)) => registry.reregister(&mut source, token, i),
-        };
-        if let Err(e) = r {
-            let new = waits.slot(side).take();
-            *waits.slot(side) = old;
-            if waits.interest().is_none() {
-                st.sock_waits.remove(&fd);
             }
-            drop(new);
-            return Err(os_error(e));
+            .map(|_| wanted),
+        };
+        match r {
+            Ok(interest) => {
+                waits.registered = Some(interest);
+                drop(replaced_owner);
+                Ok(old)
+            }
+            Err(e) => {
+                let new = waits.slot(side).take();
+                *waits.slot(side) = old;
+                drop((new, replaced_owner));
+                Err(os_error(e))
+            }
         }
-        Ok(old)
     }
 
     /// Takes the operation waiting on `fd`/`side` (if `fut` is given, only if it is that
-    /// operation's future) and updates the poller.
+    /// operation's future). The fd stays registered (see `SockWaits`).
     pub(super) fn sock_op_take(
         &self,
         py: Python<'_>,
@@ -141,17 +175,13 @@ impl CoreLoop {
         fut: Option<&Bound<'_, PyAny>>,
     ) -> Option<SockOp> {
         let mut st = self.state.borrow_mut(py);
-        let st = &mut *st;
-        let waits = st.sock_waits.get_mut(&fd)?;
-        let slot = waits.slot(side);
+        let slot = st.sock_waits.get_mut(&fd)?.slot(side);
         if let Some(f) = fut {
             if !slot.as_ref().is_some_and(|op| op.future().is(f)) {
                 return None;
             }
         }
-        let op = slot.take()?;
-        sync_sock_waits(st, fd);
-        Some(op)
+        slot.take()
     }
 
     /// The future of a waiting operation completed (usually: was cancelled).
@@ -180,14 +210,13 @@ impl CoreLoop {
             }
             return Ok(());
         }
-        // Put the slot's emptiness into the poller, then resolve (which runs Python code).
-        sync_sock_waits(&mut self.state.borrow_mut(py), fd);
         sock_ops::resolve(py, &op, outcome)
     }
 
     /// Makes the future of a native operation and registers the operation.
     pub(super) fn sock_op_start(
         slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
         fd: RawFd,
         side: Side,
         kind: OpKind,
@@ -206,7 +235,7 @@ impl CoreLoop {
             fut: fut.clone().unbind(),
             done_cb: Some(done),
         };
-        let old = slf.get().sock_op_wait(py, fd, side, op)?;
+        let old = slf.get().sock_op_wait(py, sock, fd, side, op)?;
         drop(old);
         Ok(fut.unbind())
     }
@@ -220,22 +249,23 @@ impl CoreLoop {
     }
 }
 
-/// Brings the poller in line with the operations still waiting on `fd` (after one was
-/// taken): fewer interests, or none and the fd is forgotten. Errors mean the fd was closed
-/// already, which took its registration with it.
-fn sync_sock_waits(st: &mut super::State, fd: RawFd) {
-    let Some(waits) = st.sock_waits.get_mut(&fd) else {
-        return;
-    };
-    let interest = waits.interest();
-    if let Some(registry) = st.registry.as_ref() {
-        let mut source = mio::unix::SourceFd(&fd);
-        let _ = match interest {
-            None => registry.deregister(&mut source),
-            Some(i) => registry.reregister(&mut source, Token(fd as usize | SOCK_BIT), i),
-        };
+/// Someone else registers or removes `fd` with the poller: what the native `sock_*`
+/// operations registered is no longer there. An idle entry is removed and returned, to be
+/// dropped once the state is no longer borrowed.
+pub(super) fn forget_sock_registration(
+    sock_waits: &mut HashMap<RawFd, SockWaits>,
+    fd: RawFd,
+) -> Option<SockWaits> {
+    let waits = sock_waits.get_mut(&fd)?;
+    waits.registered = None;
+    if waits.interest().is_some() {
+        return None;
     }
-    if interest.is_none() {
-        st.sock_waits.remove(&fd);
-    }
+    sock_waits.remove(&fd)
+}
+
+/// Whether a registration for `registered` reports everything in `wanted`.
+fn covers(registered: mio::Interest, wanted: mio::Interest) -> bool {
+    (registered.is_readable() || !wanted.is_readable())
+        && (registered.is_writable() || !wanted.is_writable())
 }

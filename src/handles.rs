@@ -6,6 +6,7 @@
 //! Formatting (`repr`, error messages) is delegated to `ferroloop._format`, which runs only
 //! on cold paths.
 
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -65,6 +66,15 @@ impl Args {
                 unsafe { ffi::PyObject_GC_UnTrack(args.as_ptr().cast()) };
                 Args::Tuple(args.unbind())
             }
+        }
+    }
+
+    /// Lets go of the arguments as `Bound`s (see `HandleContext::drop`).
+    fn release(self, py: Python<'_>) {
+        match self {
+            Args::Empty => {}
+            Args::One(a) => drop(a.into_bound(py)),
+            Args::Tuple(t) => drop(t.into_bound(py)),
         }
     }
 
@@ -159,7 +169,8 @@ pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
 /// CPython's context deallocator unlinks the object from the collector's lists without
 /// checking that it is tracked.
 struct HandleContext {
-    context: Py<PyAny>,
+    /// Released by `drop` (see there).
+    context: ManuallyDrop<Py<PyAny>>,
     hidden: bool,
 }
 
@@ -168,7 +179,7 @@ impl HandleContext {
     fn new(py: Python<'_>, given: Option<Bound<'_, PyAny>>) -> PyResult<HandleContext> {
         if let Some(context) = given {
             return Ok(HandleContext {
-                context: context.unbind(),
+                context: ManuallyDrop::new(context.unbind()),
                 hidden: false,
             });
         }
@@ -178,7 +189,7 @@ impl HandleContext {
         // held, so the object is tracked whenever it can be deallocated.
         unsafe { ffi::PyObject_GC_UnTrack(context.as_ptr().cast()) };
         Ok(HandleContext {
-            context,
+            context: ManuallyDrop::new(context),
             hidden: true,
         })
     }
@@ -186,19 +197,24 @@ impl HandleContext {
 
 impl Drop for HandleContext {
     fn drop(&mut self) {
-        if !self.hidden {
-            return;
-        }
-        let ctx = self.context.as_ptr();
-        // SAFETY: a `HandleContext` lives inside a `Handle`, whose contents are dropped by
-        // its deallocator or by a failed `Py::new`, both on an attached thread; the
-        // reference in `self.context` keeps the object alive until after this block. Track
-        // only if not tracked already, as `PyObject_GC_Track` requires.
-        unsafe {
-            if ffi::PyObject_GC_IsTracked(ctx) == 0 {
-                ffi::PyObject_GC_Track(ctx.cast());
+        // SAFETY: a `HandleContext` lives inside a `Handle`, which drops it in its
+        // deallocator, in `recycle`, or when `Py::new` fails: always on an attached thread.
+        let py = unsafe { Python::assume_attached() };
+        // SAFETY: `drop` runs once, and the field is not touched after this.
+        let context = unsafe { ManuallyDrop::take(&mut self.context) }.into_bound(py);
+        if self.hidden {
+            let ctx = context.as_ptr();
+            // SAFETY: attached; `context` keeps the object alive until after this block.
+            // Track only if not tracked already, as `PyObject_GC_Track` requires.
+            unsafe {
+                if ffi::PyObject_GC_IsTracked(ctx) == 0 {
+                    ffi::PyObject_GC_Track(ctx.cast());
+                }
             }
         }
+        // Released as a `Bound`: a plain decref, where dropping a `Py` would first look up
+        // whether the thread is attached (a thread-local lookup, on every handle).
+        drop(context);
     }
 }
 
@@ -343,11 +359,13 @@ impl Handle {
         let Some(Callback { func, args }) = callback else {
             return Ok(());
         };
+        // Held as `Bound`s from here (see `HandleContext::drop`).
+        let func = func.into_bound(py);
         let Some(context) = this
             .context
             .borrow(py)
             .as_ref()
-            .map(|c| c.context.clone_ref(py))
+            .map(|c| c.context.bind(py).clone())
         else {
             return Ok(());
         };
@@ -357,7 +375,7 @@ impl Handle {
         let result = if unsafe { ffi::PyContext_Enter(ctx) } < 0 {
             Err(PyErr::fetch(py))
         } else {
-            let r = args.call(func.bind(py));
+            let r = args.call(&func);
             // SAFETY: we entered `ctx` above on this thread; exiting it is always valid.
             if unsafe { ffi::PyContext_Exit(ctx) } < 0 {
                 return Err(PyErr::fetch(py));
@@ -365,7 +383,10 @@ impl Handle {
             r
         };
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                args.release(py);
+                Ok(())
+            }
             Err(e)
                 if e.is_instance_of::<PyKeyboardInterrupt>(py)
                     || e.is_instance_of::<PySystemExit>(py) =>
@@ -380,7 +401,7 @@ impl Handle {
                     let mut slot = this.callback.borrow_mut(py);
                     if slot.is_none() && !this.is_cancelled() {
                         *slot = Some(Callback {
-                            func: func.clone_ref(py),
+                            func: func.clone().unbind(),
                             args,
                         });
                     }

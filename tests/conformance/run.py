@@ -561,22 +561,33 @@ def check_ratchet(
         f"\nRatchet: {len(checked) - len(regressed)}/{len(checked)} ids of the modules run "
         "still pass."
     )
-    if missing:
-        print(f"Absent in this Python ({python}), not checked ({len(missing)}):")
-        for test_id in missing:
-            print(f"  {'absent':<11} {test_id}")
-    if not_applicable:
-        print(f"Not applicable in this Python ({python}), not checked ({len(not_applicable)}):")
-        for test_id in not_applicable:
-            print(f"  {'n/a':<11} {test_id}")
-    if flaky:
-        print(f"Flaky ({len(flaky)}): did not pass at first, passed when run again:")
-        for test_id in flaky:
-            print(f"  {outcomes.get(test_id, 'missing'):<11} {test_id}")
-    if regressed:
-        print(f"Ratchet FAILED; {len(regressed)} id(s) no longer pass (even when run again):")
-        for test_id in regressed:
-            print(f"  {outcomes.get(test_id, 'not run'):<11} {test_id}")
+
+    def listing(heading: str, ids: list[str], label) -> None:
+        if ids:
+            print(heading)
+            for test_id in ids:
+                print(f"  {label(test_id):<11} {test_id}")
+
+    listing(
+        f"Absent in this Python ({python}), not checked ({len(missing)}):",
+        missing,
+        lambda _: "absent",
+    )
+    listing(
+        f"Not applicable in this Python ({python}), not checked ({len(not_applicable)}):",
+        not_applicable,
+        lambda _: "n/a",
+    )
+    listing(
+        f"Flaky ({len(flaky)}): did not pass at first, passed when run again:",
+        flaky,
+        lambda t: outcomes.get(t, "missing"),
+    )
+    listing(
+        f"Ratchet FAILED; {len(regressed)} id(s) no longer pass (even when run again):",
+        regressed,
+        lambda t: outcomes.get(t, "not run"),
+    )
     return not regressed
 
 

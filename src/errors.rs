@@ -1,4 +1,4 @@
-//! The one mapping from Rust I/O errors to Python exceptions.
+//! Rust I/O errors as Python exceptions, and which exceptions escape the loop.
 //!
 //! `OSError(errno, strerror)` is what CPython raises for a failed syscall; its constructor
 //! picks the matching subclass (`ConnectionResetError`, `BrokenPipeError`, ...) from the
@@ -7,8 +7,14 @@
 use std::ffi::CStr;
 use std::io;
 
-use pyo3::exceptions::PyOSError;
-use pyo3::PyErr;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit};
+use pyo3::{PyErr, Python};
+
+/// `KeyboardInterrupt` and `SystemExit` propagate out of the loop; every other exception of
+/// a callback is reported to the exception handler.
+pub fn is_base_exit(py: Python<'_>, e: &PyErr) -> bool {
+    e.is_instance_of::<PyKeyboardInterrupt>(py) || e.is_instance_of::<PySystemExit>(py)
+}
 
 /// The C library's message for `errno`, as `os.strerror` gives it.
 pub fn strerror(errno: i32) -> String {

@@ -10,7 +10,6 @@ use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -19,6 +18,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyFloat, PyTuple};
 use pyo3::PyTypeInfo;
 
+use crate::errors::is_base_exit;
 use crate::gil_cell::GilCell;
 use crate::timers::Cancellable;
 
@@ -30,13 +30,26 @@ pub fn format_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
         .map(|m| m.bind(py))
 }
 
-/// `asyncio.<name>`, looked up once per name.
-fn asyncio_class(py: Python<'_>, name: &'static str) -> PyResult<Py<PyAny>> {
-    static HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    static TIMER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let cell = if name == "Handle" { &HANDLE } else { &TIMER };
-    cell.get_or_try_init(py, || Ok(py.import("asyncio")?.getattr(name)?.unbind()))
-        .map(|c| c.clone_ref(py))
+/// `module.<name>`, looked up once and kept in `cell` (one cell per name).
+pub fn module_attr(
+    py: Python<'_>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    module: &str,
+    name: &str,
+) -> PyResult<Py<PyAny>> {
+    cell.get_or_try_init(py, || {
+        Ok::<_, PyErr>(py.import(module)?.getattr(name)?.unbind())
+    })
+    .map(|c| c.clone_ref(py))
+}
+
+/// `asyncio.<name>`, for the `__class__` of handles and transports.
+pub fn asyncio_class(
+    py: Python<'_>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<Py<PyAny>> {
+    module_attr(py, cell, "asyncio", name)
 }
 
 /// A callback's positional arguments. Most callbacks take none or one (a future's done
@@ -387,12 +400,7 @@ impl Handle {
                 args.release(py);
                 Ok(())
             }
-            Err(e)
-                if e.is_instance_of::<PyKeyboardInterrupt>(py)
-                    || e.is_instance_of::<PySystemExit>(py) =>
-            {
-                Err(e)
-            }
+            Err(e) if is_base_exit(py, &e) => Err(e),
             Err(e) => {
                 let args_tuple = args.to_tuple(py)?;
                 if !this.keep_after_run {
@@ -440,7 +448,8 @@ impl Handle {
     /// them back on the hot path.
     #[getter]
     fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        asyncio_class(py, "Handle")
+        static CLS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        asyncio_class(py, &CLS, "Handle")
     }
 
     #[getter]
@@ -530,7 +539,8 @@ impl TimerHandle {
     /// `asyncio.TimerHandle` (see `Handle.__class__`).
     #[getter]
     fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        asyncio_class(py, "TimerHandle")
+        static CLS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        asyncio_class(py, &CLS, "TimerHandle")
     }
 
     #[getter]

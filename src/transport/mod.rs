@@ -8,7 +8,7 @@ pub mod tls;
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -413,10 +413,8 @@ pub fn in_context<R>(
 
 pub use crate::handles::copy_context;
 
-/// `KeyboardInterrupt` and `SystemExit` propagate; everything else is reported.
-pub fn is_base_exit(py: Python<'_>, e: &PyErr) -> bool {
-    e.is_instance_of::<PyKeyboardInterrupt>(py) || e.is_instance_of::<PySystemExit>(py)
-}
+pub use crate::errors::is_base_exit;
+pub use crate::handles::asyncio_class;
 
 /// `ferroloop._transports.<name>`: the classes our transports report as `__class__` where
 /// no single asyncio class fits.
@@ -425,20 +423,5 @@ pub fn transports_class(
     cell: &'static PyOnceLock<Py<PyAny>>,
     name: &str,
 ) -> PyResult<Py<PyAny>> {
-    cell.get_or_try_init(py, || {
-        Ok::<_, PyErr>(py.import("ferroloop._transports")?.getattr(name)?.unbind())
-    })
-    .map(|c| c.clone_ref(py))
-}
-
-/// `asyncio.<name>` for the transports' `__class__` (see `Handle.__class__`).
-pub fn asyncio_class(
-    py: Python<'_>,
-    cell: &'static PyOnceLock<Py<PyAny>>,
-    name: &str,
-) -> PyResult<Py<PyAny>> {
-    cell.get_or_try_init(py, || {
-        Ok::<_, PyErr>(py.import("asyncio")?.getattr(name)?.unbind())
-    })
-    .map(|c| c.clone_ref(py))
+    crate::handles::module_attr(py, cell, "ferroloop._transports", name)
 }

@@ -18,6 +18,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyFloat, PyTuple};
 use pyo3::PyTypeInfo;
 
+use crate::attach::{self, SafeCall};
 use crate::errors::is_base_exit;
 use crate::gil_cell::GilCell;
 use crate::timers::Cancellable;
@@ -107,33 +108,18 @@ impl Args {
         }
     }
 
-    /// `func(*args)`.
+    /// `func(*args)`, through `attach` (interpreter exit may end the thread during it).
     fn call<'py>(&self, func: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        let py = func.py();
         match self {
-            // SAFETY: attached; `func` is alive for the call; the result is a new reference
-            // or NULL with an exception set.
-            Args::Empty => unsafe {
-                Bound::from_owned_ptr_or_err(py, ffi::PyObject_CallNoArgs(func.as_ptr()))
-            },
+            Args::Empty => func.safe_call0(),
             Args::One(a) => {
                 // Slot 0 is scratch space the callee may use (PY_VECTORCALL_ARGUMENTS_OFFSET).
                 let argv = [std::ptr::null_mut(), a.as_ptr()];
                 // SAFETY: attached; `argv[1..]` holds one borrowed reference kept alive by
-                // `self` for the call; the offset flag lets the callee borrow `argv[0]`.
-                unsafe {
-                    Bound::from_owned_ptr_or_err(
-                        py,
-                        ffi::PyObject_Vectorcall(
-                            func.as_ptr(),
-                            argv.as_ptr().add(1),
-                            1 | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
-                            std::ptr::null_mut(),
-                        ),
-                    )
-                }
+                // `self` for the call, and `argv[0]` is the writable scratch slot.
+                unsafe { attach::call_vectorcall(func, argv.as_ptr().add(1), 1) }
             }
-            Args::Tuple(t) => func.call1(t.bind(py)),
+            Args::Tuple(t) => func.safe_call(t.bind(func.py()), None),
         }
     }
 }
@@ -318,7 +304,7 @@ impl Handle {
         let source_traceback = if debug {
             Some(
                 format_module(py)?
-                    .call_method0(intern!(py, "extract_stack"))?
+                    .safe_method0(intern!(py, "extract_stack"))?
                     .unbind(),
             )
         } else {
@@ -414,9 +400,10 @@ impl Handle {
                         });
                     }
                 }
-                event_loop.call_method1(
+                event_loop.safe_method(
                     intern!(py, "_report_callback_error"),
                     (slf, e.into_value(py), func, args_tuple),
+                    None,
                 )?;
                 Ok(())
             }
@@ -486,7 +473,7 @@ impl Handle {
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         Ok(format_module(py)?
-            .call_method1(intern!(py, "handle_repr"), (slf,))?
+            .safe_method1(intern!(py, "handle_repr"), slf)?
             .unbind())
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! This file is the table of contents. Each module names the asyncio concept it implements.
 
+mod attach;
 mod errors;
 mod event_loop;
 mod freelist;

@@ -20,6 +20,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use crate::attach::SafeCall;
 use crate::errors::os_error;
 use crate::event_loop::CoreLoop;
 use crate::poller::Side;
@@ -134,16 +135,16 @@ pub fn attempt(py: Python<'_>, fd: RawFd, op: &mut SockOp) -> Attempt {
 pub fn resolve(py: Python<'_>, op: &SockOp, outcome: Attempt) -> PyResult<()> {
     let fut = op.fut.bind(py);
     if let Some(cb) = &op.done_cb {
-        fut.call_method1(intern!(py, "remove_done_callback"), (cb,))?;
+        fut.safe_method1(intern!(py, "remove_done_callback"), cb)?;
     }
-    if fut.call_method0(intern!(py, "done"))?.is_truthy()? {
+    if fut.safe_method0(intern!(py, "done"))?.is_truthy()? {
         return Ok(());
     }
     match outcome {
         Attempt::Again => Ok(()),
-        Attempt::Done(v) => fut.call_method1(intern!(py, "set_result"), (v,)).map(drop),
+        Attempt::Done(v) => fut.safe_method1(intern!(py, "set_result"), v).map(drop),
         Attempt::Failed(e) => fut
-            .call_method1(intern!(py, "set_exception"), (e.into_value(py),))
+            .safe_method1(intern!(py, "set_exception"), e.into_value(py))
             .map(drop),
     }
 }

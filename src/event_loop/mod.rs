@@ -34,6 +34,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyTuple, PyWeakrefReference};
 use pyo3::{intern, PyTraverseError, PyVisit};
 
+use crate::attach;
+use crate::attach::SafeCall;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::handles::{format_module, Args, Handle, TimerHandle};
@@ -210,7 +212,7 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<i64> {
         obj.extract()?
     } else {
         let invalid = || PyValueError::new_err(format!("Invalid file object: {}", repr(obj)));
-        obj.call_method0(intern!(obj.py(), "fileno"))
+        obj.safe_method0(intern!(obj.py(), "fileno"))
             .and_then(|f| f.extract::<i64>())
             .map_err(|_| invalid())?
     };
@@ -245,7 +247,7 @@ fn asyncio_types(py: Python<'_>) -> PyResult<&AsyncioTypes> {
 /// `{"loop": loop}`, and passes it each time (the types only read it).
 fn call_with_loop<'py>(
     cls: &Bound<'py, PyAny>,
-    args: impl pyo3::call::PyCallArgs<'py>,
+    args: impl IntoPyObject<'py, Target = PyTuple>,
     event_loop: &Bound<'py, CoreLoop>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = cls.py();
@@ -265,7 +267,7 @@ fn call_with_loop<'py>(
             k
         }
     };
-    cls.call(args, Some(&kwargs))
+    cls.safe_call(args, Some(&kwargs))
 }
 
 fn repr(obj: &Bound<'_, PyAny>) -> String {
@@ -303,7 +305,7 @@ impl CoreLoop {
                 ));
             }
         }
-        format_module(py)?.call_method1(intern!(py, "check_callback"), (callback, method))?;
+        format_module(py)?.safe_method(intern!(py, "check_callback"), (callback, method), None)?;
         Ok(())
     }
 
@@ -413,7 +415,7 @@ impl CoreLoop {
         let handle = self.new_handle(py, callback, Args::from_tuple(args), None, true)?;
         let old = self.set_io(py, fd, side, Some(handle))?;
         if let Some(old) = old {
-            old.bind(py).call_method0(intern!(py, "cancel"))?;
+            old.bind(py).safe_method0(intern!(py, "cancel"))?;
         }
         Ok(())
     }
@@ -451,7 +453,7 @@ impl CoreLoop {
         }
         match self.set_io(py, fd, side, None)? {
             Some(old) => {
-                old.bind(py).call_method0(intern!(py, "cancel"))?;
+                old.bind(py).safe_method0(intern!(py, "cancel"))?;
                 Ok(true)
             }
             None => Ok(false),
@@ -512,7 +514,7 @@ impl CoreLoop {
             poll.poll(events, timeout)
         } else {
             self.sleeping.store(true, Ordering::SeqCst);
-            let r = py.detach(|| poll.poll(events, timeout));
+            let r = attach::detach(py, || poll.poll(events, timeout));
             self.sleeping.store(false, Ordering::SeqCst);
             self.wake_pending.store(false, Ordering::SeqCst);
             // This poll counts for the busy-poll interval too.
@@ -641,7 +643,7 @@ impl CoreLoop {
                 drop(current);
                 result?;
                 if dt >= self.state.borrow(py).slow_callback_duration {
-                    slf.call_method1(intern!(py, "_log_slow_callback"), (&handle, dt))?;
+                    slf.safe_method(intern!(py, "_log_slow_callback"), (&handle, dt), None)?;
                 }
             } else {
                 Handle::run(&handle, slf.as_any())?;
@@ -849,9 +851,9 @@ impl CoreLoop {
             if let Some(c) = context {
                 kw.set_item(intern!(py, "context"), c)?;
             }
-            let task = factory.bind(py).call((slf, coro), Some(&kw))?;
+            let task = factory.bind(py).safe_call((slf, coro), Some(&kw))?;
             if let Some(n) = name {
-                task.call_method1(intern!(py, "set_name"), (n,))?;
+                task.safe_method1(intern!(py, "set_name"), n)?;
             }
             return Ok(task);
         }
@@ -869,7 +871,7 @@ impl CoreLoop {
         if let Some(c) = context {
             kw.set_item(intern!(py, "context"), c)?;
         }
-        task.call((coro,), Some(&kw))
+        task.safe_call((coro,), Some(&kw))
     }
 
     fn set_task_factory(&self, py: Python<'_>, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
@@ -1082,17 +1084,22 @@ impl CoreLoop {
                 "This event loop is already running",
             ));
         }
-        let result = loop {
-            if let Err(e) = this.run_once(slf) {
-                break Err(e);
+        /// Marks the loop as no longer running however `_run` ends (a panic included).
+        struct Running<'a>(&'a CoreLoop);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.stopping.store(false, Ordering::Relaxed);
+                self.0.thread_id.store(0, Ordering::SeqCst);
             }
+        }
+        let _running = Running(this);
+        // Interpreter exit may end this thread while callbacks run (see `attach`).
+        attach::hang_on_exit(|| loop {
+            this.run_once(slf)?;
             if this.stopping.load(Ordering::Relaxed) {
-                break Ok(());
+                return Ok(());
             }
-        };
-        this.stopping.store(false, Ordering::Relaxed);
-        this.thread_id.store(0, Ordering::SeqCst);
-        result
+        })
     }
 
     /// Releases the queues, the registrations and the poller (the Rust half of `close`).

@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyWeakrefReference;
 
 use super::{CoreLoop, SockWaits, NATIVE_BIT, SOCK_BIT};
+use crate::attach::SafeCall;
 use crate::errors::os_error;
 use crate::poller::Side;
 use crate::sock_ops::{self, Attempt, OpKind, SockOp, SockOpDone};
@@ -229,7 +230,7 @@ impl CoreLoop {
             read: side == Side::Read,
         };
         let done = Py::new(py, done)?.into_any();
-        fut.call_method1(intern!(py, "add_done_callback"), (&done,))?;
+        fut.safe_method1(intern!(py, "add_done_callback"), &done)?;
         let op = SockOp {
             kind,
             fut: fut.clone().unbind(),

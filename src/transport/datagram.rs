@@ -26,6 +26,7 @@ use super::{
     is_base_exit, set_interest, Common, NativeTransport, Transport,
     LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
+use crate::attach::SafeCall;
 use crate::errors::os_error;
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilCell;
@@ -137,7 +138,7 @@ impl DatagramTransport {
             };
             return match sock
                 .bind(py)
-                .call_method1(intern!(py, "recvfrom"), (MAX_DATAGRAM,))
+                .safe_method1(intern!(py, "recvfrom"), MAX_DATAGRAM)
             {
                 Ok(r) => {
                     let (data, addr): (Py<PyAny>, Py<PyAny>) = r.extract()?;
@@ -193,7 +194,7 @@ impl DatagramTransport {
                         PyTuple::new(py, [e.into_value(py).into_any()])?,
                     ),
                 };
-                if let Err(e) = protocol.bind(py).call_method1(method, args) {
+                if let Err(e) = protocol.bind(py).safe_method(method, args, None) {
                     if is_base_exit(py, &e) {
                         return Err(e);
                     }
@@ -235,7 +236,7 @@ impl DatagramTransport {
         ctx.set_item("protocol", protocol)?;
         event_loop
             .bind(py)
-            .call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+            .safe_method1(intern!(py, "call_exception_handler"), ctx)?;
         Ok(())
     }
 
@@ -249,10 +250,11 @@ impl DatagramTransport {
             Dest::Py(addr) => {
                 let sock = this.sock_obj(py);
                 let Some(sock) = sock else { return Ok(true) };
-                return match sock
-                    .bind(py)
-                    .call_method1(intern!(py, "sendto"), (PyBytes::new(py, data), addr))
-                {
+                return match sock.bind(py).safe_method(
+                    intern!(py, "sendto"),
+                    (PyBytes::new(py, data), addr),
+                    None,
+                ) {
                     Ok(_) => Ok(true),
                     Err(e) if e.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py) => {
                         Ok(false)
@@ -278,7 +280,7 @@ impl DatagramTransport {
             let protocol = slf.get().state.borrow(py).c.protocol.clone_ref(py);
             return protocol
                 .bind(py)
-                .call_method1(intern!(py, "error_received"), (e.into_value(py),))
+                .safe_method1(intern!(py, "error_received"), e.into_value(py))
                 .map(drop);
         }
         fatal_error(slf, e, "Fatal write error on datagram transport")
@@ -365,7 +367,7 @@ impl DatagramTransport {
         extra: Bound<'_, PyDict>,
         address: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        let fd: RawFd = sock.safe_method0(intern!(py, "fileno"))?.extract()?;
         if fd < 0 {
             return Err(PyValueError::new_err("the socket is closed"));
         }
@@ -463,10 +465,10 @@ impl DatagramTransport {
                     drop(st);
                     if warn {
                         crate::handles::format_module(py)?
-                            .call_method0(intern!(py, "logger"))?
-                            .call_method1(
+                            .safe_method0(intern!(py, "logger"))?
+                            .safe_method1(
                                 intern!(py, "warning"),
-                                ("socket.send() raised exception.",),
+                                "socket.send() raised exception.",
                             )?;
                     }
                     return Ok(());

@@ -16,6 +16,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 use std::cell::{Ref, RefMut};
 
+use crate::attach::SafeCall;
 use crate::event_loop::{CoreLoop, ReadyItem};
 use crate::poller::Side;
 
@@ -191,7 +192,7 @@ pub fn schedule_connection_lost<T: Transport>(
     let cb = slf.as_any().getattr(intern!(py, "_call_connection_lost"))?;
     event_loop
         .bind(py)
-        .call_method1(intern!(py, "call_soon"), (cb, exc))?;
+        .safe_method(intern!(py, "call_soon"), (cb, exc), None)?;
     Ok(())
 }
 
@@ -221,9 +222,10 @@ pub fn fatal_error<T: Transport>(slf: &Bound<'_, T>, exc: PyErr, message: &str) 
         (c.event_loop.clone_ref(py), c.protocol.clone_ref(py))
     };
     let exc = exc.into_value(py).into_any();
-    event_loop.bind(py).call_method1(
+    event_loop.bind(py).safe_method(
         intern!(py, "_transport_error"),
         (slf, &exc, message, protocol),
+        None,
     )?;
     force_close(slf, Some(exc))
 }
@@ -274,14 +276,14 @@ pub fn connection_lost<T: Transport>(slf: &Bound<'_, T>, exc: Option<Py<PyAny>>)
     let result = if connected {
         protocol
             .bind(py)
-            .call_method1(intern!(py, "connection_lost"), (exc,))
+            .safe_method1(intern!(py, "connection_lost"), exc)
             .map(drop)
     } else {
         Ok(())
     };
     let sock = this.common_mut(py).sock.take();
     if let Some(sock) = sock {
-        sock.bind(py).call_method0(intern!(py, "close"))?;
+        sock.bind(py).safe_method0(intern!(py, "close"))?;
     }
     result.map(|()| true)
 }
@@ -377,7 +379,7 @@ pub fn report_flow_control(
     name: &str,
 ) -> PyResult<()> {
     let py = event_loop.py();
-    match protocol.bind(py).call_method0(name) {
+    match protocol.bind(py).safe_method0(name) {
         Ok(_) => Ok(()),
         Err(e) if is_base_exit(py, &e) => Err(e),
         Err(e) => {
@@ -386,7 +388,7 @@ pub fn report_flow_control(
             ctx.set_item("exception", e.into_value(py))?;
             ctx.set_item("transport", transport)?;
             ctx.set_item("protocol", reported)?;
-            event_loop.call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+            event_loop.safe_method1(intern!(py, "call_exception_handler"), ctx)?;
             Ok(())
         }
     }

@@ -26,6 +26,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
 
+use crate::attach::SafeCall;
 use crate::errors::os_error;
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilCell;
@@ -258,7 +259,7 @@ impl StreamTransport {
             Self::on_eof(slf)?;
             return Ok(false);
         }
-        if let Err(e) = data_received.call1((data,)) {
+        if let Err(e) = data_received.safe_call1(data) {
             if is_base_exit(py, &e) {
                 return Err(e);
             }
@@ -317,7 +318,7 @@ impl StreamTransport {
         buffer_updated: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         let py = slf.py();
-        let buf = match get_buffer.call1((-1,)).and_then(|b| {
+        let buf = match get_buffer.safe_call1(-1).and_then(|b| {
             let pybuf = PyBuffer::<u8>::get(&b)?;
             if pybuf.readonly() || !pybuf.is_c_contiguous() {
                 return Err(PyTypeError::new_err(
@@ -358,7 +359,7 @@ impl StreamTransport {
             Self::on_eof(slf)?;
             return Ok(false);
         }
-        if let Err(e) = buffer_updated.call1((n,)) {
+        if let Err(e) = buffer_updated.safe_call1(n) {
             if is_base_exit(py, &e) {
                 return Err(e);
             }
@@ -387,11 +388,11 @@ impl StreamTransport {
             let eof = protocol.bind(py).getattr(intern!(py, "eof_received"))?;
             event_loop
                 .bind(py)
-                .call_method1(intern!(py, "call_soon"), (eof,))?;
+                .safe_method1(intern!(py, "call_soon"), eof)?;
             return schedule_connection_lost(slf, None);
         }
         let protocol = slf.get().state.borrow(py).c.protocol.clone_ref(py);
-        match protocol.bind(py).call_method0(intern!(py, "eof_received")) {
+        match protocol.bind(py).safe_method0(intern!(py, "eof_received")) {
             Ok(keep_open) => {
                 if keep_open.is_truthy()? {
                     // Stop reading, keep the connection open for writing.
@@ -441,7 +442,7 @@ impl StreamTransport {
                 if let Some(w) = waiter {
                     let value = err.clone_ref(py).into_value(py);
                     w.bind(py)
-                        .call_method1(intern!(py, "set_exception"), (value,))?;
+                        .safe_method1(intern!(py, "set_exception"), value)?;
                 }
                 let msg = format!("Fatal write error on {} transport", this.kind.noun());
                 fatal_error(slf, err, &msg)
@@ -471,8 +472,8 @@ impl StreamTransport {
                         .map(|w| w.clone_ref(py));
                     if let Some(w) = waiter {
                         let w = w.bind(py);
-                        if !w.call_method0(intern!(py, "done"))?.is_truthy()? {
-                            w.call_method1(intern!(py, "set_result"), (py.None(),))?;
+                        if !w.safe_method0(intern!(py, "done"))?.is_truthy()? {
+                            w.safe_method1(intern!(py, "set_result"), py.None())?;
                         }
                     }
                     if closing {
@@ -573,8 +574,8 @@ impl StreamTransport {
                     _ => "pipe closed by peer or os.write(pipe, data) raised exception.",
                 };
                 crate::handles::format_module(py)?
-                    .call_method0(intern!(py, "logger"))?
-                    .call_method1(intern!(py, "warning"), (message,))?;
+                    .safe_method0(intern!(py, "logger"))?
+                    .safe_method1(intern!(py, "warning"), message)?;
             }
             return Ok(false);
         }
@@ -642,7 +643,7 @@ impl StreamTransport {
                 )))
             }
         };
-        let fd: RawFd = sock.call_method0(intern!(py, "fileno"))?.extract()?;
+        let fd: RawFd = sock.safe_method0(intern!(py, "fileno"))?.extract()?;
         if fd < 0 {
             return Err(PyValueError::new_err("the socket is closed"));
         }
@@ -760,7 +761,7 @@ impl StreamTransport {
             .map(|i| i.cast::<PyBytes>().ok().map(|b| b.as_bytes()))
             .collect();
         let (Some(slices), true) = (all_bytes, idle && items.len() <= 1024) else {
-            let joined = PyBytes::new(py, b"").call_method1(intern!(py, "join"), (&items,))?;
+            let joined = PyBytes::new(py, b"").safe_method1(intern!(py, "join"), &items)?;
             return Self::write(slf, &joined);
         };
         let total: usize = slices.iter().map(|s| s.len()).sum();
@@ -957,7 +958,7 @@ impl StreamTransport {
             st.buffered() == 0
         };
         if empty {
-            fut.call_method1(intern!(py, "set_result"), (py.None(),))?;
+            fut.safe_method1(intern!(py, "set_result"), py.None())?;
         }
         Ok(fut.unbind())
     }
@@ -999,9 +1000,7 @@ impl StreamTransport {
         let result = connection_lost(slf, exc);
         let server = slf.get().state.borrow_mut(py).server.take();
         if let Some(server) = server {
-            server
-                .bind(py)
-                .call_method1(intern!(py, "_detach"), (slf,))?;
+            server.bind(py).safe_method1(intern!(py, "_detach"), slf)?;
         }
         result.map(drop)
     }

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
+use crate::attach::SafeCall;
 use crate::gil_cell::GilCell;
 
 use super::{water_marks, Ssl, TlsProtocol, READ_HIGH_WATER, WRITE_HIGH_WATER};
@@ -62,7 +63,7 @@ impl TlsTransport {
         match proto.lower(py) {
             Some(lower) => Ok(lower
                 .bind(py)
-                .call_method1(intern!(py, "get_extra_info"), (name, default))?
+                .safe_method(intern!(py, "get_extra_info"), (name, default), None)?
                 .unbind()),
             None => Ok(default),
         }

@@ -9,6 +9,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::attach::SafeCall;
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilCell;
 
@@ -57,12 +58,12 @@ impl TlsProtocol {
             _ => py.None(),
         };
         let errors = ssl_errors(py)?;
-        let incoming = errors.memory_bio.bind(py).call0()?;
-        let outgoing = errors.memory_bio.bind(py).call0()?;
+        let incoming = errors.memory_bio.bind(py).safe_call0()?;
+        let outgoing = errors.memory_bio.bind(py).safe_call0()?;
         let kwargs = PyDict::new(py);
         kwargs.set_item("server_side", server_side)?;
         kwargs.set_item("server_hostname", server_hostname)?;
-        let obj = sslcontext.call_method(
+        let obj = sslcontext.safe_method(
             intern!(py, "wrap_bio"),
             (&incoming, &outgoing),
             Some(&kwargs),
@@ -140,7 +141,7 @@ impl TlsProtocol {
     }
 
     fn data_received(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        slf.get().ssl.feed.bind(slf.py()).call1((data,))?;
+        slf.get().ssl.feed.bind(slf.py()).safe_call1(data)?;
         Self::after_feed(slf)
     }
 
@@ -150,7 +151,7 @@ impl TlsProtocol {
         this.st.borrow_mut(py).eof_received = true;
         let result = (|| {
             if this.debug(py) {
-                logger(py)?.call_method1(intern!(py, "debug"), ("%r received EOF", slf))?;
+                logger(py)?.safe_method(intern!(py, "debug"), ("%r received EOF", slf), None)?;
             }
             match this.phase(py) {
                 Phase::Handshake => {
@@ -186,7 +187,7 @@ impl TlsProtocol {
         let this = slf.get();
         let backlog = std::mem::take(&mut this.st.borrow_mut(py).backlog);
         drop(backlog);
-        this.ssl.drain.bind(py).call0()?;
+        this.ssl.drain.bind(py).safe_call0()?;
         this.st.borrow_mut(py).conn_lost += 1;
         this.mark_app_transport_closed(py);
         let lost = {
@@ -201,7 +202,7 @@ impl TlsProtocol {
         if lost {
             if let Some(protocol) = this.app_protocol(py) {
                 let cb = protocol.bind(py).getattr(intern!(py, "connection_lost"))?;
-                self_loop(this, py).call_method1(intern!(py, "call_soon"), (cb, &exc))?;
+                self_loop(this, py).safe_method(intern!(py, "call_soon"), (cb, &exc), None)?;
             }
         }
         this.set_phase(py, Phase::Unwrapped)?;
@@ -257,7 +258,7 @@ impl TlsProtocol {
             let exc = PyTimeoutError::new_err("SSL shutdown timed out").into_value(py);
             lower
                 .bind(py)
-                .call_method1(intern!(py, "_force_close"), (exc,))?;
+                .safe_method1(intern!(py, "_force_close"), exc)?;
         }
         Ok(())
     }

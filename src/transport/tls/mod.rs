@@ -36,6 +36,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice};
 
+use crate::attach::SafeCall;
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilCell;
 
@@ -106,7 +107,7 @@ fn is_ssl_error(py: Python<'_>, e: &PyErr) -> PyResult<bool> {
 }
 
 fn logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    crate::handles::format_module(py)?.call_method0(intern!(py, "logger"))
+    crate::handles::format_module(py)?.safe_method0(intern!(py, "logger"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -307,13 +308,13 @@ impl TlsProtocol {
     fn call_soon(&self, py: Python<'_>, cb: Bound<'_, PyAny>) -> PyResult<()> {
         self.event_loop
             .bind(py)
-            .call_method1(intern!(py, "call_soon"), (cb,))
+            .safe_method1(intern!(py, "call_soon"), cb)
             .map(drop)
     }
 
     fn cancel_timer(py: Python<'_>, timer: Option<Py<PyAny>>) -> PyResult<()> {
         if let Some(t) = timer {
-            t.bind(py).call_method0(intern!(py, "cancel"))?;
+            t.bind(py).safe_method0(intern!(py, "cancel"))?;
         }
         Ok(())
     }
@@ -323,10 +324,10 @@ impl TlsProtocol {
             return Ok(());
         };
         let waiter = waiter.bind(py);
-        if !waiter.call_method0(intern!(py, "cancelled"))?.is_truthy()? {
+        if !waiter.safe_method0(intern!(py, "cancelled"))?.is_truthy()? {
             match exc {
-                Some(exc) => waiter.call_method1(intern!(py, "set_exception"), (exc,))?,
-                None => waiter.call_method1(intern!(py, "set_result"), (py.None(),))?,
+                Some(exc) => waiter.safe_method1(intern!(py, "set_exception"), exc)?,
+                None => waiter.safe_method1(intern!(py, "set_result"), py.None())?,
             };
         }
         Ok(())
@@ -395,7 +396,7 @@ impl TlsProtocol {
             return StreamTransport::write_bytes(native.bind(py), data.as_bytes());
         }
         if let Some(lower) = lower {
-            lower.bind(py).call_method1(intern!(py, "write"), (data,))?;
+            lower.bind(py).safe_method1(intern!(py, "write"), data)?;
         }
         Ok(())
     }
@@ -406,7 +407,7 @@ impl TlsProtocol {
         method: &Bound<'_, pyo3::types::PyString>,
     ) -> PyResult<()> {
         if let Some(lower) = self.lower(py) {
-            lower.bind(py).call_method0(method)?;
+            lower.bind(py).safe_method0(method)?;
         }
         Ok(())
     }
@@ -421,14 +422,14 @@ impl TlsProtocol {
         if let Some(lower) = &lower {
             lower
                 .bind(py)
-                .call_method1(intern!(py, "_force_close"), (&exc,))?;
+                .safe_method1(intern!(py, "_force_close"), &exc)?;
         }
         let exc = exc.bind(py);
         if exc.is_instance_of::<PyOSError>() {
             if this.debug(py) {
                 let kwargs = PyDict::new(py);
                 kwargs.set_item("exc_info", true)?;
-                logger(py)?.call_method(
+                logger(py)?.safe_method(
                     intern!(py, "debug"),
                     ("%r: %s", slf, message),
                     Some(&kwargs),
@@ -445,7 +446,7 @@ impl TlsProtocol {
         ctx.set_item("exception", exc)?;
         ctx.set_item("transport", lower)?;
         ctx.set_item("protocol", slf)?;
-        self_loop(this, py).call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+        self_loop(this, py).safe_method1(intern!(py, "call_exception_handler"), ctx)?;
         Ok(())
     }
 
@@ -469,8 +470,8 @@ impl TlsProtocol {
                 ),
             )?
         };
-        let result = self.ssl.feed.bind(py).call1((&view,));
-        view.call_method0(intern!(py, "release"))?;
+        let result = self.ssl.feed.bind(py).safe_call1(&view);
+        view.safe_method0(intern!(py, "release"))?;
         result.map(drop)
     }
 
@@ -491,7 +492,11 @@ impl TlsProtocol {
         let py = slf.py();
         let this = slf.get();
         let start = if this.debug(py) {
-            logger(py)?.call_method1(intern!(py, "debug"), ("%r starts SSL handshake", slf))?;
+            logger(py)?.safe_method(
+                intern!(py, "debug"),
+                ("%r starts SSL handshake", slf),
+                None,
+            )?;
             Some(crate::event_loop::monotonic())
         } else {
             None
@@ -499,8 +504,11 @@ impl TlsProtocol {
         this.st.borrow_mut(py).handshake_start = start;
         this.set_phase(py, Phase::Handshake)?;
         let cb = slf.getattr(intern!(py, "_check_handshake_timeout"))?;
-        let timer = self_loop(this, py)
-            .call_method1(intern!(py, "call_later"), (this.handshake_timeout.0, cb))?;
+        let timer = self_loop(this, py).safe_method(
+            intern!(py, "call_later"),
+            (this.handshake_timeout.0, cb),
+            None,
+        )?;
         this.st.borrow_mut(py).handshake_timer = Some(timer.unbind());
         Self::do_handshake(slf)
     }
@@ -508,7 +516,7 @@ impl TlsProtocol {
     fn do_handshake(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let obj = slf.get().ssl.obj.bind(py);
-        match obj.call_method0(intern!(py, "do_handshake")) {
+        match obj.safe_method0(intern!(py, "do_handshake")) {
             Ok(_) => Self::on_handshake_complete(slf, None),
             Err(e) if is_again(py, &e)? => Self::process_outgoing(slf),
             Err(e) if is_ssl_error(py, &e)? => Self::on_handshake_complete(slf, Some(e)),
@@ -526,7 +534,7 @@ impl TlsProtocol {
             Some(e) => Err(e),
             None => this
                 .set_phase(py, Phase::Wrapped)
-                .and_then(|()| obj.call_method0(intern!(py, "getpeercert"))),
+                .and_then(|()| obj.safe_method0(intern!(py, "getpeercert"))),
         };
         let peercert = match catch_exception(py, peercert)? {
             Ok(cert) => cert,
@@ -545,15 +553,16 @@ impl TlsProtocol {
         let start = this.st.borrow(py).handshake_start;
         if let (Some(start), true) = (start, this.debug(py)) {
             let ms = (crate::event_loop::monotonic() - start) * 1e3;
-            logger(py)?.call_method1(
+            logger(py)?.safe_method(
                 intern!(py, "debug"),
                 ("%r: SSL handshake took %.1f ms", slf, ms),
+                None,
             )?;
         }
         let extra = this.extra.bind(py);
         extra.set_item("peercert", peercert)?;
-        extra.set_item("cipher", obj.call_method0(intern!(py, "cipher"))?)?;
-        extra.set_item("compression", obj.call_method0(intern!(py, "compression"))?)?;
+        extra.set_item("cipher", obj.safe_method0(intern!(py, "cipher"))?)?;
+        extra.set_item("compression", obj.safe_method0(intern!(py, "compression"))?)?;
         extra.set_item("ssl_object", obj)?;
         let made = {
             let mut st = this.st.borrow_mut(py);
@@ -568,7 +577,7 @@ impl TlsProtocol {
             if let Some(protocol) = this.app_protocol(py) {
                 protocol
                     .bind(py)
-                    .call_method1(intern!(py, "connection_made"), (transport,))?;
+                    .safe_method1(intern!(py, "connection_made"), transport)?;
             }
         }
         this.wakeup_waiter(py, None)?;
@@ -590,8 +599,11 @@ impl TlsProtocol {
         }
         this.set_phase(py, Phase::Flushing)?;
         let cb = slf.getattr(intern!(py, "_check_shutdown_timeout"))?;
-        let timer = self_loop(this, py)
-            .call_method1(intern!(py, "call_later"), (this.shutdown_timeout, cb))?;
+        let timer = self_loop(this, py).safe_method(
+            intern!(py, "call_later"),
+            (this.shutdown_timeout, cb),
+            None,
+        )?;
         this.st.borrow_mut(py).shutdown_timer = Some(timer.unbind());
         Self::do_flush(slf)
     }
@@ -611,7 +623,7 @@ impl TlsProtocol {
             this.ssl
                 .obj
                 .bind(py)
-                .call_method0(intern!(py, "unwrap"))
+                .safe_method0(intern!(py, "unwrap"))
                 .map(drop)
         };
         match result {
@@ -647,7 +659,7 @@ impl TlsProtocol {
         match (exc, self.lower(py)) {
             (Some(exc), Some(lower)) => lower
                 .bind(py)
-                .call_method1(intern!(py, "_force_close"), (exc,))
+                .safe_method1(intern!(py, "_force_close"), exc)
                 .map(drop),
             _ => self.lower_call(py, intern!(py, "abort")),
         }
@@ -665,8 +677,7 @@ impl TlsProtocol {
                 st.conn_lost += 1;
                 drop(st);
                 if warn {
-                    logger(py)?
-                        .call_method1(intern!(py, "warning"), ("SSL connection is closed",))?;
+                    logger(py)?.safe_method1(intern!(py, "warning"), "SSL connection is closed")?;
                 }
                 return Ok(());
             }
@@ -702,7 +713,7 @@ impl TlsProtocol {
                 None => break,
             };
             let data = data.bind(py);
-            let count: usize = match write.call1((data,)) {
+            let count: usize = match write.safe_call1(data) {
                 Ok(n) => n.extract()?,
                 Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
@@ -727,7 +738,7 @@ impl TlsProtocol {
         let py = slf.py();
         let this = slf.get();
         if !this.st.borrow(py).ssl_writing_paused {
-            let data = this.ssl.drain.bind(py).call0()?;
+            let data = this.ssl.drain.bind(py).safe_call0()?;
             let data = data.cast::<PyBytes>()?;
             if !data.as_bytes().is_empty() {
                 this.lower_write(py, data)?;
@@ -837,7 +848,7 @@ impl TlsProtocol {
         if let (Some(data), Some(protocol)) = (data, this.app_protocol(py)) {
             protocol
                 .bind(py)
-                .call_method1(intern!(py, "data_received"), (data,))?;
+                .safe_method1(intern!(py, "data_received"), data)?;
         }
         if eof {
             Self::call_eof_received(slf)?;
@@ -878,7 +889,7 @@ impl TlsProtocol {
                     1,
                 ))?
             };
-            let n: usize = match read.call1((room, target)) {
+            let n: usize = match read.safe_call((room, target), None) {
                 Ok(n) => n.extract()?,
                 Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
@@ -901,7 +912,7 @@ impl TlsProtocol {
                 if filled > 0 {
                     full.push(copy_out(filled));
                 }
-                Some(PyBytes::new(py, b"").call_method1(intern!(py, "join"), (full,))?)
+                Some(PyBytes::new(py, b"").safe_method1(intern!(py, "join"), full)?)
             }
         };
         Ok((data, eof))
@@ -916,7 +927,7 @@ impl TlsProtocol {
         let py = slf.py();
         let this = slf.get();
         let hint = Ssl::pending(py, &this.ssl.incoming)?;
-        let buf = get_buffer.bind(py).call1((hint,))?;
+        let buf = get_buffer.bind(py).safe_call1(hint)?;
         let view = PyMemoryView::from(&buf)?;
         let wants = view.len()?;
         let read = this.ssl.read.bind(py);
@@ -928,7 +939,7 @@ impl TlsProtocol {
             } else {
                 view.get_item(PySlice::new(py, offset as isize, wants as isize, 1))?
             };
-            match read.call1((wants - offset, target)) {
+            match read.safe_call((wants - offset, target), None) {
                 Ok(n) => count = n.extract::<usize>()?,
                 Err(e) if is_again(py, &e)? => break,
                 Err(e) => return Err(e),
@@ -945,7 +956,7 @@ impl TlsProtocol {
         }
         drop(view);
         if offset > 0 {
-            buffer_updated.bind(py).call1((offset,))?;
+            buffer_updated.bind(py).safe_call1(offset)?;
         }
         if count == 0 {
             Self::call_eof_received(slf)?;
@@ -968,12 +979,12 @@ impl TlsProtocol {
         let Some(protocol) = protocol else {
             return Ok(());
         };
-        match protocol.bind(py).call_method0(intern!(py, "eof_received")) {
+        match protocol.bind(py).safe_method0(intern!(py, "eof_received")) {
             Ok(keep_open) => {
                 if keep_open.is_truthy()? {
-                    logger(py)?.call_method1(
+                    logger(py)?.safe_method1(
                         intern!(py, "warning"),
-                        ("returning true from eof_received() has no effect when using ssl",),
+                        "returning true from eof_received() has no effect when using ssl",
                     )?;
                 }
                 Ok(())

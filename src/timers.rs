@@ -11,6 +11,20 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::time::Duration;
+
+/// The longest wait the poller is given: asyncio's `MAXIMUM_SELECT_TIMEOUT` (one day). A
+/// later deadline is waited for in several polls.
+const MAX_WAIT_SECS: f64 = 24.0 * 3600.0;
+
+/// How long to wait for something `secs` seconds away: the one conversion of a float from
+/// Python to a `Duration`. A NaN or negative wait is zero, an infinite or huge one a day.
+pub fn wait_duration(secs: f64) -> Duration {
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(secs.min(MAX_WAIT_SECS)).unwrap_or(Duration::ZERO)
+}
 
 /// Implemented by what the heap holds, so it can drop cancelled entries.
 pub trait Cancellable {
@@ -78,7 +92,15 @@ impl<T: Cancellable> TimerHeap<T> {
         self.heap.is_empty()
     }
 
+    /// Schedules `item` at `when`. A NaN deadline is due at once (asyncio's heap, whose
+    /// comparisons with NaN are all false, runs such a timer as soon as it reaches the top;
+    /// `sleep(nan)` and `call_later(nan, cb)` return at once there).
     pub fn push(&mut self, when: f64, item: T) {
+        let when = if when.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            when
+        };
         let seq = self.next_seq;
         self.next_seq += 1;
         self.heap.push(Entry { when, seq, item });
@@ -228,6 +250,30 @@ mod tests {
             drain_due(&mut h, 1e9),
             (0..300).step_by(10).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn nan_deadline_is_due_at_once() {
+        let mut h = TimerHeap::new();
+        h.push(5.0, t(1));
+        h.push(f64::NAN, t(2));
+        h.push(f64::INFINITY, t(3));
+        h.push(f64::NEG_INFINITY, t(4));
+        assert_eq!(h.next_when(), Some(f64::NEG_INFINITY));
+        assert_eq!(drain_due(&mut h, 0.0), vec![2, 4]);
+        assert_eq!(drain_due(&mut h, 1e300), vec![1]);
+        assert_eq!(h.next_when(), Some(f64::INFINITY));
+    }
+
+    #[test]
+    fn wait_durations_never_panic() {
+        assert_eq!(wait_duration(f64::NAN), Duration::ZERO);
+        assert_eq!(wait_duration(-1.0), Duration::ZERO);
+        assert_eq!(wait_duration(f64::NEG_INFINITY), Duration::ZERO);
+        assert_eq!(wait_duration(1.5), Duration::from_millis(1500));
+        assert_eq!(wait_duration(f64::INFINITY), Duration::from_secs(86400));
+        assert_eq!(wait_duration(1e300), Duration::from_secs(86400));
+        assert_eq!(wait_duration(f64::MIN_POSITIVE), Duration::ZERO);
     }
 
     #[test]

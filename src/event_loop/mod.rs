@@ -41,7 +41,7 @@ use crate::gil_cell::GilCell;
 use crate::handles::{format_module, Args, Handle, TimerHandle};
 use crate::poller::{interest_of, IoMap, Ready, Side};
 use crate::sock_ops::{self, OpKind, SockOp};
-use crate::timers::TimerHeap;
+use crate::timers::{wait_duration, TimerHeap};
 
 mod fastcall;
 mod native_io;
@@ -497,7 +497,7 @@ impl CoreLoop {
             } else {
                 timers
                     .next_when()
-                    .map(|when| Duration::from_secs_f64((when - monotonic()).clamp(0.0, 1e9)))
+                    .map(|when| wait_duration(when - monotonic()))
             };
             (timeout, pruned)
         };

@@ -15,6 +15,11 @@
 //! for the new owner. Re-arming never *adds* a registration, it only modifies one the map
 //! still holds, so a re-arm of a closed-and-reused fd cannot register a stranger's fd.
 //!
+//! One registration per fd: the loop's own operations on an fd (native `sock_*` waits) add
+//! their interest to the same entry as its reader and writer, under the same token, so that
+//! registering one never takes the others' events away (epoll keeps one registration per
+//! file descriptor).
+//!
 //! Generic over the stored item, with no PyO3 types: `cargo test` covers it.
 
 use std::collections::HashMap;
@@ -54,11 +59,18 @@ pub fn interest_of(read: bool, write: bool) -> Option<Interest> {
 struct FdEntry<T> {
     reader: Option<T>,
     writer: Option<T>,
+    /// What the loop's own operations on this fd (native `sock_*` waits) need reported.
+    native: Option<Interest>,
 }
 
 impl<T> FdEntry<T> {
+    /// Everything the fd is registered for: its reader, its writer and the native waits.
     fn interest(&self) -> Option<Interest> {
-        interest_of(self.reader.is_some(), self.writer.is_some())
+        let own = interest_of(self.reader.is_some(), self.writer.is_some());
+        match (own, self.native) {
+            (Some(a), Some(b)) => Some(a | b),
+            (a, b) => a.or(b),
+        }
     }
     fn slot(&mut self, side: Side) -> &mut Option<T> {
         match side {
@@ -107,6 +119,40 @@ fn is_errno(e: &io::Error, code: i32) -> bool {
     e.raw_os_error() == Some(code)
 }
 
+/// Brings the kernel's registration of `fd` from `before` to `after` (skipped when they
+/// are equal, unless `force`).
+fn apply(
+    registry: &Registry,
+    fd: RawFd,
+    before: Option<Interest>,
+    after: Option<Interest>,
+    force: bool,
+) -> io::Result<()> {
+    let token = Token(fd as usize);
+    match (before, after) {
+        (None, Some(i)) => match registry.register(&mut SourceFd(&fd), token, i) {
+            Err(e) if is_errno(&e, libc::EEXIST) => {
+                registry.reregister(&mut SourceFd(&fd), token, i)
+            }
+            r => r,
+        },
+        (Some(b), Some(i)) if force || b != i => {
+            match registry.reregister(&mut SourceFd(&fd), token, i) {
+                Err(e) if is_errno(&e, libc::ENOENT) => {
+                    registry.register(&mut SourceFd(&fd), token, i)
+                }
+                r => r,
+            }
+        }
+        (Some(_), None) => {
+            // A closed fd has already left the epoll set: nothing to undo.
+            let _ = registry.deregister(&mut SourceFd(&fd));
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 impl<T> IoMap<T> {
     pub fn new() -> Self {
         IoMap {
@@ -132,54 +178,82 @@ impl<T> IoMap<T> {
         side: Side,
         item: Option<T>,
     ) -> io::Result<Option<T>> {
-        let token = Token(fd as usize);
         let entry = self.entries.entry(fd).or_insert(FdEntry {
             reader: None,
             writer: None,
+            native: None,
         });
         let before = entry.interest();
         let old = std::mem::replace(entry.slot(side), item);
-        let after = entry.interest();
-        let result = match (before, after) {
-            (None, Some(i)) => match registry.register(&mut SourceFd(&fd), token, i) {
-                Err(e) if is_errno(&e, libc::EEXIST) => {
-                    registry.reregister(&mut SourceFd(&fd), token, i)
-                }
-                r => r,
-            },
-            // Always tell the kernel, even if the interest is unchanged: the fd may have
-            // been closed and its number reused since it was registered.
-            (Some(_), Some(i)) => match registry.reregister(&mut SourceFd(&fd), token, i) {
-                Err(e) if is_errno(&e, libc::ENOENT) => {
-                    registry.register(&mut SourceFd(&fd), token, i)
-                }
-                r => r,
-            },
-            (Some(_), None) => {
-                // A closed fd has already left the epoll set: nothing to undo.
-                let _ = registry.deregister(&mut SourceFd(&fd));
-                Ok(())
-            }
-            (None, None) => Ok(()),
-        };
-        match result {
+        // Always tell the kernel, even if the interest is unchanged: the fd may have been
+        // closed and its number reused since it was registered.
+        match apply(registry, fd, before, entry.interest(), true) {
             Ok(()) => {
-                if after.is_none() {
-                    self.entries.remove(&fd);
-                }
+                self.remove_if_empty(fd);
                 Ok(old)
             }
             Err(e) => {
                 // Put things back as they were.
                 if let Some(entry) = self.entries.get_mut(&fd) {
                     let new = std::mem::replace(entry.slot(side), old);
-                    if entry.interest().is_none() {
-                        self.entries.remove(&fd);
-                    }
                     drop(new);
                 }
+                self.remove_if_empty(fd);
                 Err(e)
             }
+        }
+    }
+
+    /// Sets what the loop's own operations on `fd` need reported (`None`: nothing). The fd
+    /// keeps one registration, shared with its reader and writer, so that none of them
+    /// takes the others' events away. The kernel is told only if the interest changes,
+    /// or always with `force` (the registration may belong to a closed file whose number
+    /// was reused). On error nothing changes.
+    pub fn set_native(
+        &mut self,
+        registry: &Registry,
+        fd: RawFd,
+        native: Option<Interest>,
+        force: bool,
+    ) -> io::Result<()> {
+        let entry = self.entries.entry(fd).or_insert(FdEntry {
+            reader: None,
+            writer: None,
+            native: None,
+        });
+        let before = entry.interest();
+        let old = std::mem::replace(&mut entry.native, native);
+        let result = apply(registry, fd, before, entry.interest(), force);
+        if result.is_err() {
+            if let Some(entry) = self.entries.get_mut(&fd) {
+                entry.native = old;
+            }
+        }
+        self.remove_if_empty(fd);
+        result
+    }
+
+    /// What the loop's own operations on `fd` are registered for.
+    pub fn native(&self, fd: RawFd) -> Option<Interest> {
+        self.entries.get(&fd).and_then(|e| e.native)
+    }
+
+    /// Forgets the native interest of `fd` without telling the kernel: something else
+    /// (a transport) registered the fd under its own token.
+    pub fn forget_native(&mut self, fd: RawFd) {
+        if let Some(entry) = self.entries.get_mut(&fd) {
+            entry.native = None;
+        }
+        self.remove_if_empty(fd);
+    }
+
+    fn remove_if_empty(&mut self, fd: RawFd) {
+        if self
+            .entries
+            .get(&fd)
+            .is_some_and(|e| e.interest().is_none())
+        {
+            self.entries.remove(&fd);
         }
     }
 
@@ -351,6 +425,40 @@ mod tests {
         assert_eq!(poll_once(&mut poll, &mut map), vec![2]);
         close(r2);
         close(w2);
+    }
+
+    #[test]
+    fn native_interest_and_a_writer_share_the_registration() {
+        let mut poll = Poll::new().unwrap();
+        let mut map = IoMap::new();
+        let (r, w) = pipe();
+        // A native wait for reading, then a writer on the same fd (a pipe's read end is
+        // never writable: only the native interest can fire).
+        map.set_native(poll.registry(), r, Some(Interest::READABLE), false)
+            .unwrap();
+        map.set(poll.registry(), r, Side::Write, Some(1)).unwrap();
+        assert_eq!(map.native(r), Some(Interest::READABLE));
+        write(w, b"x");
+        let mut events = Events::with_capacity(16);
+        poll.poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
+        // The readable event still arrives (under the fd's own token).
+        assert!(events
+            .iter()
+            .any(|e| e.token() == Token(r as usize) && e.is_readable()));
+        // Removing the writer keeps the native interest registered.
+        assert_eq!(
+            map.set(poll.registry(), r, Side::Write, None).unwrap(),
+            Some(1)
+        );
+        assert!(!map.is_empty());
+        poll.poll(&mut events, Some(Duration::from_millis(50)))
+            .unwrap();
+        assert!(events.iter().any(|e| e.token() == Token(r as usize)));
+        map.set_native(poll.registry(), r, None, false).unwrap();
+        assert!(map.is_empty());
+        close(r);
+        close(w);
     }
 
     #[test]

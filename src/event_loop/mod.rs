@@ -52,8 +52,6 @@ pub use fastcall::install_fast_methods;
 const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Tokens of Rust-owned sockets (transports) carry this bit above the fd.
 pub(crate) const NATIVE_BIT: usize = 1 << 40;
-/// Tokens of fds with native `sock_*` operations waiting carry this bit above the fd.
-pub(crate) const SOCK_BIT: usize = 1 << 41;
 const EVENTS_CAPACITY: usize = 1024;
 /// While callbacks are ready, the poller is asked for I/O at most this often (seconds).
 /// Discussion: asyncio polls (with a zero timeout) on every iteration, which costs a
@@ -104,21 +102,22 @@ impl ReadyItem {
     }
 }
 
-/// The native `sock_*` operations waiting on one fd, and its poller registration.
+/// The native `sock_*` operations waiting on one fd.
 ///
-/// Discussion: the registration outlives the operations. A socket served with `sock_recv`
-/// and `sock_sendall` waits again and again; registering and removing it each time cost
-/// two `epoll_ctl` calls per wait, a fifth of an echo server's system calls. The fd stays
-/// registered (edge-triggered: an operation waits only after an attempt found the socket
-/// not ready, so the next edge is still to come) while the same socket object uses it.
-/// It is forgotten when a reader, writer or transport takes the fd over, and not trusted
-/// for another socket object, which may have inherited the number of a closed one.
+/// Discussion: the poller registration outlives the operations. A socket served with
+/// `sock_recv` and `sock_sendall` waits again and again; registering and removing it each
+/// time cost two `epoll_ctl` calls per wait, a fifth of an echo server's system calls. The
+/// fd stays registered (edge-triggered: an operation waits only after an attempt found the
+/// socket not ready, so the next edge is still to come) while the same socket object uses
+/// it. The registration is the fd's entry in `State::io` (its native interest), shared with
+/// the fd's reader and writer, so `add_writer` or `sock_sendfile` on the same socket leaves
+/// a waiting `sock_recv` its events. It is forgotten when a transport takes the fd over,
+/// and renewed for another socket object, which may have inherited the number of a closed
+/// one.
 #[derive(Default)]
 pub(crate) struct SockWaits {
     read: Option<SockOp>,
     write: Option<SockOp>,
-    /// What the fd is registered for under its `SOCK_BIT` token, if it is.
-    registered: Option<mio::Interest>,
     /// A weak reference to the socket object whose operations registered the fd.
     owner: Option<Py<PyAny>>,
 }
@@ -384,20 +383,11 @@ impl CoreLoop {
         handle: Option<Py<Handle>>,
     ) -> PyResult<Option<Py<Handle>>> {
         let mut st = self.state.borrow_mut(py);
-        let State {
-            io,
-            registry,
-            sock_waits,
-            ..
-        } = &mut *st;
+        let State { io, registry, .. } = &mut *st;
         let Some(registry) = registry.as_ref() else {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         };
-        let idle = native_io::forget_sock_registration(sock_waits, fd);
-        let result = io.set(registry, fd, side, handle).map_err(os_error);
-        drop(st);
-        drop(idle);
-        result
+        io.set(registry, fd, side, handle).map_err(os_error)
     }
 
     fn add_io(
@@ -544,19 +534,6 @@ impl CoreLoop {
                 if token == WAKER_TOKEN {
                     continue;
                 }
-                if token.0 & SOCK_BIT != 0 {
-                    let r = Ready::from_event(ev);
-                    let fd = (token.0 & !SOCK_BIT) as RawFd;
-                    if let Some(w) = sock_waits.get(&fd) {
-                        if r.readable && w.read.is_some() {
-                            ready.push_back(ReadyItem::Sock(fd, Side::Read));
-                        }
-                        if r.writable && w.write.is_some() {
-                            ready.push_back(ReadyItem::Sock(fd, Side::Write));
-                        }
-                    }
-                    continue;
-                }
                 if token.0 & NATIVE_BIT != 0 {
                     let r = Ready::from_event(ev);
                     let fd = (token.0 & !NATIVE_BIT) as RawFd;
@@ -573,9 +550,19 @@ impl CoreLoop {
                     }
                     continue;
                 }
-                io.dispatch(Ready::from_event(ev), |h| {
-                    ready.push_back(ReadyItem::Handle(h.clone_ref(py)))
-                });
+                let r = Ready::from_event(ev);
+                io.dispatch(r, |h| ready.push_back(ReadyItem::Handle(h.clone_ref(py))));
+                // Native `sock_*` waits share the fd's registration (see `SockWaits`).
+                if !sock_waits.is_empty() {
+                    if let Some(w) = sock_waits.get(&r.fd) {
+                        if r.readable && w.read.is_some() {
+                            ready.push_back(ReadyItem::Sock(r.fd, Side::Read));
+                        }
+                        if r.writable && w.write.is_some() {
+                            ready.push_back(ReadyItem::Sock(r.fd, Side::Write));
+                        }
+                    }
+                }
             }
         }
         Ok(())

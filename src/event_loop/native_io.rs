@@ -12,10 +12,11 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyWeakrefReference;
 
-use super::{CoreLoop, SockWaits, NATIVE_BIT, SOCK_BIT};
+use super::{CoreLoop, SockWaits, State, NATIVE_BIT};
 use crate::attach::SafeCall;
 use crate::errors::os_error;
-use crate::poller::Side;
+use crate::handles::Handle;
+use crate::poller::{IoMap, Side};
 use crate::sock_ops::{self, Attempt, OpKind, SockOp, SockOpDone};
 use crate::transport::NativeTransport;
 
@@ -41,7 +42,7 @@ impl CoreLoop {
             };
             let token = Token(fd as usize | NATIVE_BIT);
             let mut source = mio::unix::SourceFd(&fd);
-            let idle = forget_sock_registration(&mut st.sock_waits, fd);
+            let idle = forget_sock_registration(&mut st.io, &mut st.sock_waits, fd);
             match registry.register(&mut source, token, interest) {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                     registry.reregister(&mut source, token, interest)
@@ -83,9 +84,10 @@ impl CoreLoop {
             if let Some(registry) = st.registry.as_ref() {
                 let _ = registry.deregister(&mut mio::unix::SourceFd(&fd));
             }
+            let st = &mut *st;
             (
                 st.transports.remove(&fd),
-                forget_sock_registration(&mut st.sock_waits, fd),
+                forget_sock_registration(&mut st.io, &mut st.sock_waits, fd),
             )
         };
         drop(old);
@@ -123,44 +125,44 @@ impl CoreLoop {
             Some(PyWeakrefReference::new(sock)?.into_any().unbind())
         };
         let mut st = self.state.borrow_mut(py);
-        let st = &mut *st;
-        let Some(registry) = st.registry.as_ref() else {
+        let State {
+            registry,
+            sock_waits,
+            io,
+            ..
+        } = &mut *st;
+        let Some(registry) = registry.as_ref() else {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         };
-        let waits = st.sock_waits.entry(fd).or_default();
-        let replaced_owner = new_owner.map(|w| {
-            // Another socket object: whatever this fd number was registered for belonged to
-            // a socket that may be closed by now, so it proves nothing.
-            waits.registered = None;
-            waits.owner.replace(w)
-        });
+        let waits = sock_waits.entry(fd).or_default();
+        let replaced_owner = new_owner.map(|w| waits.owner.replace(w));
         let old = waits.slot(side).replace(op);
-        let token = Token(fd as usize | SOCK_BIT);
-        let mut source = mio::unix::SourceFd(&fd);
-        let wanted = side.interest();
-        let r = match waits.registered {
-            Some(r) if covers(r, wanted) => Ok(r),
-            Some(r) => registry
-                .reregister(&mut source, token, r | wanted)
-                .map(|_| r | wanted),
-            None => match registry.register(&mut source, token, wanted) {
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                    registry.reregister(&mut source, token, wanted)
+        // Every waiting operation's side (the other side's too: it may belong to another
+        // socket object with this fd), and what the same socket registered before.
+        let mut wanted = waits.interest().unwrap_or(side.interest());
+        let registered = io.native(fd);
+        if owned {
+            if let Some(r) = registered {
+                if covers(r, wanted) {
+                    return Ok(old);
                 }
-                r => r,
+                wanted = r | wanted;
             }
-            .map(|_| wanted),
-        };
-        match r {
-            Ok(interest) => {
-                waits.registered = Some(interest);
+        }
+        // Another socket object: whatever this fd number was registered for may belong
+        // to a socket closed since, so the kernel is told again.
+        match io.set_native(registry, fd, Some(wanted), !owned) {
+            Ok(()) => {
+                drop(st);
                 drop(replaced_owner);
                 Ok(old)
             }
             Err(e) => {
                 let new = waits.slot(side).take();
                 *waits.slot(side) = old;
-                drop((new, replaced_owner));
+                let owner = replaced_owner.map(|o| std::mem::replace(&mut waits.owner, o));
+                drop(st);
+                drop((new, owner));
                 Err(os_error(e))
             }
         }
@@ -250,16 +252,16 @@ impl CoreLoop {
     }
 }
 
-/// Someone else registers or removes `fd` with the poller: what the native `sock_*`
-/// operations registered is no longer there. An idle entry is removed and returned, to be
-/// dropped once the state is no longer borrowed.
+/// A transport takes `fd` over, or lets it go: what the native `sock_*` operations
+/// registered is no longer there. An idle entry is removed and returned, to be dropped once
+/// the state is no longer borrowed.
 pub(super) fn forget_sock_registration(
+    io: &mut IoMap<Py<Handle>>,
     sock_waits: &mut HashMap<RawFd, SockWaits>,
     fd: RawFd,
 ) -> Option<SockWaits> {
-    let waits = sock_waits.get_mut(&fd)?;
-    waits.registered = None;
-    if waits.interest().is_some() {
+    io.forget_native(fd);
+    if sock_waits.get(&fd)?.interest().is_some() {
         return None;
     }
     sock_waits.remove(&fd)

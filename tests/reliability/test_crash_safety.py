@@ -220,3 +220,103 @@ def test_ssl_handshake_timeout_nan_aborts_the_handshake_at_once(loop):
     finally:
         listener.close()
     assert not loop.is_running()
+
+
+# -- item 3: native sock_* waits and other registrations of the same fd ----------------------
+
+
+@pytest.fixture
+def tcp_pair(loop):
+    """A connected (client, server-side) pair of non-blocking TCP sockets on 127.0.0.1."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname(), timeout=FAR)
+    conn, _ = listener.accept()
+    listener.close()
+    for s in (client, conn):
+        s.setblocking(False)
+    yield client, conn
+    client.close()
+    conn.close()
+
+
+def fill_send_buffer(sock):
+    """Sends until the kernel refuses more: the next send must wait for the peer."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    chunk = b"f" * 65536
+    sent = 0
+    while True:
+        try:
+            sent += sock.send(chunk)
+        except BlockingIOError:
+            return sent
+
+
+async def drain(loop, sock, n):
+    got = 0
+    while got < n:
+        data = await loop.sock_recv(sock, 1 << 16)
+        assert data, "EOF before everything arrived"
+        got += len(data)
+    return got
+
+
+def test_sock_recv_wait_survives_add_writer_on_the_same_fd(loop, tcp_pair):
+    client, conn = tcp_pair
+
+    async def main():
+        recv = loop.create_task(loop.sock_recv(client, 100))
+        await asyncio.sleep(0)  # the recv now waits for data
+        writable = loop.create_future()
+        loop.add_writer(client.fileno(), lambda: writable.done() or writable.set_result(1))
+        try:
+            await writable
+            conn.send(b"hello")
+            return await recv
+        finally:
+            loop.remove_writer(client.fileno())
+
+    assert loop.run_until_complete(asyncio.wait_for(main(), FAR)) == b"hello"
+
+
+def test_sock_recv_wait_survives_sock_sendfile_from_another_task(loop, tcp_pair, tmp_path):
+    client, conn = tcp_pair
+    path = tmp_path / "blob"
+    path.write_bytes(b"s" * (1 << 20))
+
+    async def main():
+        queued = fill_send_buffer(client)
+        recv = loop.create_task(loop.sock_recv(client, 100))
+        await asyncio.sleep(0)  # the recv now waits for data
+        with open(path, "rb") as f:
+            sendfile = loop.create_task(loop.sock_sendfile(client, f))
+            await asyncio.sleep(0)  # the sendfile now waits for room
+            conn.send(b"hello")
+            got = await recv
+            drained = loop.create_task(drain(loop, conn, queued + (1 << 20)))
+            sent = await sendfile
+            await drained
+        return got, sent
+
+    assert loop.run_until_complete(asyncio.wait_for(main(), FAR)) == (b"hello", 1 << 20)
+
+
+def test_sock_waits_of_two_socket_objects_for_one_fd_both_complete(loop, tcp_pair):
+    client, conn = tcp_pair
+    twin = socket.socket(fileno=client.fileno())  # another object, the same fd
+    payload = b"p" * (4 << 20)
+
+    async def main():
+        recv = loop.create_task(loop.sock_recv(client, 100))
+        await asyncio.sleep(0)  # the recv now waits for data
+        sendall = loop.create_task(loop.sock_sendall(twin, payload))
+        await asyncio.sleep(0)  # the sendall now waits for room
+        conn.send(b"hello")
+        got = await recv
+        drained = await drain(loop, conn, len(payload))
+        await sendall
+        return got, drained
+
+    try:
+        assert loop.run_until_complete(asyncio.wait_for(main(), FAR)) == (b"hello", len(payload))
+    finally:
+        twin.detach()

@@ -36,11 +36,14 @@ pub enum OpKind {
     SendAll { data: Vec<u8>, pos: usize },
 }
 
-/// An operation waiting for readiness: its future, and the done-callback that drops it if
-/// the future is cancelled first (removed again when the operation completes, so a
-/// completed operation costs no extra loop callback).
+/// An operation waiting for readiness: its socket, its future, and the done-callback that
+/// drops it if the future is cancelled first (removed again when the operation completes,
+/// so a completed operation costs no extra loop callback).
 pub struct SockOp {
     pub kind: OpKind,
+    /// The socket object: each retry checks that it still owns the fd number (it may have
+    /// been closed, and the number given to another socket, while the operation waited).
+    pub sock: Py<PyAny>,
     pub fut: Py<PyAny>,
     pub done_cb: Option<Py<PyAny>>,
 }
@@ -49,6 +52,14 @@ impl SockOp {
     pub fn future(&self) -> &Py<PyAny> {
         &self.fut
     }
+}
+
+/// `sock.fileno() == fd`: the socket object is open and still has that fd.
+fn owns_fd(py: Python<'_>, sock: &Py<PyAny>, fd: RawFd) -> bool {
+    sock.bind(py)
+        .safe_method0(intern!(py, "fileno"))
+        .and_then(|n| n.extract::<RawFd>())
+        .is_ok_and(|n| n == fd)
 }
 
 /// What one attempt of an operation came to.
@@ -102,8 +113,13 @@ fn io_attempt<T>(r: std::io::Result<T>, done: impl FnOnce(T) -> Py<PyAny>) -> At
     }
 }
 
-/// One try of `op` on `fd`; a send that made progress but is not done updates `op`.
+/// One try of `op` on `fd`; a send that made progress but is not done updates `op`. A
+/// socket closed meanwhile fails with EBADF (as its own methods would), never touching
+/// whatever file has the number now.
 pub fn attempt(py: Python<'_>, fd: RawFd, op: &mut SockOp) -> Attempt {
+    if !owns_fd(py, &op.sock, fd) {
+        return Attempt::Failed(os_error(std::io::Error::from_raw_os_error(libc::EBADF)));
+    }
     match &mut op.kind {
         OpKind::Recv { n } => io_attempt(recv_bytes(py, fd, *n), |b| b),
         OpKind::RecvInto { buf } => match recv_into(py, fd, buf.bind(py)) {

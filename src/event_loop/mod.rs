@@ -1116,6 +1116,7 @@ impl CoreLoop {
             for w in st.sock_waits.values() {
                 for op in w.read.iter().chain(w.write.iter()) {
                     visit.call(op.future())?;
+                    visit.call(&op.sock)?;
                 }
                 visit.call(&w.owner)?;
             }

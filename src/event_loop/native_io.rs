@@ -235,6 +235,7 @@ impl CoreLoop {
         fut.safe_method1(intern!(py, "add_done_callback"), &done)?;
         let op = SockOp {
             kind,
+            sock: sock.clone().unbind(),
             fut: fut.clone().unbind(),
             done_cb: Some(done),
         };

@@ -320,3 +320,38 @@ def test_sock_waits_of_two_socket_objects_for_one_fd_both_complete(loop, tcp_pai
         assert loop.run_until_complete(asyncio.wait_for(main(), FAR)) == (b"hello", len(payload))
     finally:
         twin.detach()
+
+
+def test_wait_of_a_closed_socket_never_touches_the_socket_reusing_its_fd(loop, loop_kind):
+    if loop_kind == "asyncio":
+        pytest.skip("asyncio's selector raises FileNotFoundError for the reused fd here")
+    a, a_peer = socket.socketpair()
+    for s in (a, a_peer):
+        s.setblocking(False)
+    fd = a.fileno()
+
+    async def main():
+        fill_send_buffer(a)
+        stale = loop.create_task(loop.sock_sendall(a, b"stale" * 10000))
+        await asyncio.sleep(0)  # waits for room that never comes
+        a.close()
+        a_peer.close()
+        b, b_peer = socket.socketpair()
+        try:
+            if b.fileno() != fd:
+                pytest.skip("the fd number was not reused")
+            b.setblocking(False)
+            b_peer.setblocking(False)
+            recv = loop.create_task(loop.sock_recv(b, 100))
+            await asyncio.sleep(0)  # b's recv and a's stale sendall now share the fd
+            b_peer.send(b"fresh")
+            assert await recv == b"fresh"
+            with pytest.raises(OSError):
+                await stale  # EBADF: its socket is closed
+            await loop.sock_sendall(b, b"ack")
+            assert await loop.sock_recv(b_peer, 100) == b"ack"  # nothing of a's
+        finally:
+            b.close()
+            b_peer.close()
+
+    loop.run_until_complete(asyncio.wait_for(main(), FAR))

@@ -7,8 +7,24 @@
 use std::ffi::CStr;
 use std::io;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PySystemExit};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyMemoryError, PyOSError, PySystemExit};
 use pyo3::{PyErr, Python};
+
+/// A `Vec` with room for `n` bytes, or `MemoryError`: for sizes that come from the caller
+/// (an allocation failure must not abort the process).
+pub fn try_vec(n: usize) -> Result<Vec<u8>, PyErr> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| PyMemoryError::new_err(()))?;
+    Ok(v)
+}
+
+/// A copy of `data`, or `MemoryError` (see `try_vec`).
+pub fn try_copy(data: &[u8]) -> Result<Vec<u8>, PyErr> {
+    let mut v = try_vec(data.len())?;
+    v.extend_from_slice(data);
+    Ok(v)
+}
 
 /// `KeyboardInterrupt` and `SystemExit` propagate out of the loop; every other exception of
 /// a callback is reported to the exception handler.

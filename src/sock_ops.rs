@@ -21,10 +21,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::attach::SafeCall;
-use crate::errors::os_error;
+use crate::errors::{os_error, try_vec};
 use crate::event_loop::CoreLoop;
 use crate::poller::Side;
-use crate::sys::{recv, send, with_scratch, would_block};
+use crate::sys::{recv, recv_spare, send, with_scratch, would_block};
 
 /// Reads up to this size go through the per-thread scratch buffer.
 const SCRATCH_LIMIT: usize = 256 * 1024;
@@ -70,17 +70,16 @@ pub enum Attempt {
     Failed(PyErr),
 }
 
-/// `recv(fd, n)` as bytes (an empty bytes object at EOF).
-fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> std::io::Result<Py<PyAny>> {
+/// `recv(fd, n)` as bytes (an empty bytes object at EOF). A buffer of `n` bytes that
+/// cannot be had is `MemoryError`, as `socket.recv` gives.
+fn recv_bytes(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<std::io::Result<Py<PyAny>>> {
     if n <= SCRATCH_LIMIT {
-        with_scratch(n, |buf| {
+        return Ok(with_scratch(n, |buf| {
             recv(fd, buf).map(|len| PyBytes::new(py, &buf[..len]).into_any().unbind())
-        })
-    } else {
-        let mut data = vec![0u8; n];
-        let len = recv(fd, &mut data)?;
-        Ok(PyBytes::new(py, &data[..len]).into_any().unbind())
+        }));
     }
+    let mut data = try_vec(n)?;
+    Ok(recv_spare(fd, &mut data).map(|_| PyBytes::new(py, &data).into_any().unbind()))
 }
 
 fn recv_into(
@@ -121,7 +120,10 @@ pub fn attempt(py: Python<'_>, fd: RawFd, op: &mut SockOp) -> Attempt {
         return Attempt::Failed(os_error(std::io::Error::from_raw_os_error(libc::EBADF)));
     }
     match &mut op.kind {
-        OpKind::Recv { n } => io_attempt(recv_bytes(py, fd, *n), |b| b),
+        OpKind::Recv { n } => match recv_bytes(py, fd, *n) {
+            Ok(r) => io_attempt(r, |b| b),
+            Err(e) => Attempt::Failed(e),
+        },
         OpKind::RecvInto { buf } => match recv_into(py, fd, buf.bind(py)) {
             Ok(r) => io_attempt(r, |n| {
                 n.into_pyobject(py)
@@ -185,6 +187,14 @@ impl SockOpDone {
     }
 }
 
+/// Whether `sock` is in blocking mode (`gettimeout()` is not 0): asyncio calls such a
+/// socket's own methods, which wait (without the interpreter lock) as the socket's timeout
+/// says, so the native path hands it over to that general path instead of waiting itself.
+pub fn is_blocking(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let timeout = sock.safe_method0(intern!(sock.py(), "gettimeout"))?;
+    Ok(timeout.is_none() || timeout.extract::<f64>()? != 0.0)
+}
+
 /// Validates `n` for `sock_recv` as `socket.recv` does.
 pub fn recv_size(n: isize) -> PyResult<usize> {
     usize::try_from(n).map_err(|_| PyValueError::new_err("negative buffersize in recv"))
@@ -196,7 +206,7 @@ pub fn first_recv(py: Python<'_>, fd: RawFd, n: usize) -> PyResult<Option<Py<PyA
         // `socket.recv(0)` returns b"" without a syscall.
         return Ok(Some(PyBytes::new(py, b"").into_any().unbind()));
     }
-    match recv_bytes(py, fd, n) {
+    match recv_bytes(py, fd, n)? {
         Ok(b) => Ok(Some(b)),
         Err(e) if would_block(&e) => Ok(None),
         Err(e) => Err(os_error(e)),

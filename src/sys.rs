@@ -38,11 +38,32 @@ pub fn would_block(e: &std::io::Error) -> bool {
     )
 }
 
+/// `recv(2)`. Never blocks (`MSG_DONTWAIT`), even on a socket left in blocking mode: the
+/// callers hold the interpreter lock.
 pub fn recv(fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes; `fd` is a socket owned by the
     // transport's socket object, open while the transport is not closed.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
     cvt(n)
+}
+
+/// `recv` into the spare capacity of `buf` (no zeroing first); what arrives is appended.
+pub fn recv_spare(fd: RawFd, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    // SAFETY: `spare` is valid for writes of its length (uninitialised bytes the kernel
+    // only writes); see `recv` for the fd.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            spare.as_mut_ptr().cast(),
+            spare.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    let n = cvt(n)?;
+    // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 /// `read(2)`, for pipes and character devices (`recv` needs a socket).
@@ -64,7 +85,9 @@ pub fn write_fd(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
 pub fn send(fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
     // SAFETY: `buf` is valid for reads of `buf.len()` bytes; see `recv` for the fd.
     // MSG_NOSIGNAL: a peer that went away must give EPIPE, not kill the process.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    // MSG_DONTWAIT: never block (see `recv`).
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), flags) };
     cvt(n)
 }
 
@@ -148,7 +171,7 @@ pub fn recvfrom(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, RawAddr)> 
             fd,
             buf.as_mut_ptr().cast(),
             buf.len(),
-            0,
+            libc::MSG_DONTWAIT,
             &mut addr.storage as *mut _ as *mut libc::sockaddr,
             &mut addr.len,
         )
@@ -169,7 +192,7 @@ pub fn sendto(fd: RawFd, buf: &[u8], addr: Option<&RawAddr>) -> std::io::Result<
             fd,
             buf.as_ptr().cast(),
             buf.len(),
-            libc::MSG_NOSIGNAL,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
             ptr,
             len,
         )

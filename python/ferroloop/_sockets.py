@@ -257,8 +257,14 @@ class SocketOpsMixin:
         if type(sock) is _PLAIN_SOCKET:  # fast path; cannot be an SSLSocket
             self._check_nonblocking(sock)
             result = self._sock_sendall(sock, sock.fileno(), data)
-            if result is not NotImplemented:
-                return None if result is None else await result
+            if result is None:
+                return None
+            if type(result) is int:
+                # A socket in blocking mode took only part of it without waiting: its own
+                # send() waits for the rest, as asyncio's does (without the lock).
+                data = memoryview(data).cast("B")[result:]
+            elif result is not NotImplemented:
+                return await result
         self._check_socket(sock)
         try:
             n = sock.send(data)

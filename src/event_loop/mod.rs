@@ -640,6 +640,22 @@ impl CoreLoop {
         Ok(())
     }
 
+    /// The rest of a `sock_sendall` that could not send everything at once: a future
+    /// waiting for room, or (blocking socket) the count sent, for the general path.
+    fn sendall_wait(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        fd: RawFd,
+        sent: usize,
+        rest: Vec<u8>,
+    ) -> PyResult<Py<PyAny>> {
+        if sock_ops::is_blocking(sock)? {
+            return Ok(sent.into_pyobject(slf.py())?.into_any().unbind());
+        }
+        let kind = OpKind::SendAll { data: rest, pos: 0 };
+        Self::sock_op_start(slf, sock, fd, Side::Write, kind)
+    }
+
     fn run_once(&self, slf: &Bound<'_, CoreLoop>) -> PyResult<()> {
         let py = slf.py();
         py.check_signals()?;
@@ -729,7 +745,8 @@ impl CoreLoop {
     }
 
     /// Native `sock_recv`: bytes, a future of bytes, or `NotImplemented` when the fd is in
-    /// use by a reader, writer or transport (then `Loop` takes the general path).
+    /// use by a reader, writer or transport, or the socket would have to block in blocking
+    /// mode (then `Loop` takes the general path, which calls the socket's own `recv`).
     fn _sock_recv(
         slf: &Bound<'_, Self>,
         sock: &Bound<'_, PyAny>,
@@ -744,10 +761,14 @@ impl CoreLoop {
         if let Some(data) = sock_ops::first_recv(py, fd, n)? {
             return Ok(data);
         }
+        if sock_ops::is_blocking(sock)? {
+            return Ok(py.NotImplemented());
+        }
         Self::sock_op_start(slf, sock, fd, Side::Read, OpKind::Recv { n })
     }
 
-    /// Native `sock_recv_into`: an int, a future of it, or `NotImplemented`.
+    /// Native `sock_recv_into`: an int, a future of it, or `NotImplemented` (as
+    /// `_sock_recv`).
     fn _sock_recv_into(
         slf: &Bound<'_, Self>,
         sock: &Bound<'_, PyAny>,
@@ -761,12 +782,17 @@ impl CoreLoop {
         if let Some(n) = sock_ops::first_recv_into(py, fd, buf)? {
             return Ok(n.into_pyobject(py)?.into_any().unbind());
         }
+        if sock_ops::is_blocking(sock)? {
+            return Ok(py.NotImplemented());
+        }
         let buf = buf.clone().unbind();
         Self::sock_op_start(slf, sock, fd, Side::Read, OpKind::RecvInto { buf })
     }
 
     /// Native `sock_sendall`: None when everything was sent at once, else a future, or
-    /// `NotImplemented`.
+    /// `NotImplemented` (as `_sock_recv`). A socket in blocking mode that cannot take
+    /// everything at once gives the number of bytes sent: the general path sends the rest
+    /// with the socket's own `send`.
     fn _sock_sendall(
         slf: &Bound<'_, Self>,
         sock: &Bound<'_, PyAny>,
@@ -777,32 +803,34 @@ impl CoreLoop {
         if !slf.get().sock_fd_free(py, fd) {
             return Ok(py.NotImplemented());
         }
-        let sent;
-        let rest;
-        if let Ok(b) = data.cast::<PyBytes>() {
+        let (sent, rest) = if let Ok(b) = data.cast::<PyBytes>() {
             let bytes = b.as_bytes();
-            sent = sock_ops::first_send(fd, bytes)?;
+            let sent = sock_ops::first_send(fd, bytes)?;
             if sent == bytes.len() {
                 return Ok(py.None());
             }
-            rest = bytes[sent..].to_vec();
+            (sent, &bytes[sent..])
         } else {
             let buf = PyBuffer::<u8>::get(data)?;
-            let bytes = buf.to_vec(py)?;
-            drop(buf);
-            sent = sock_ops::first_send(fd, &bytes)?;
+            if !buf.is_c_contiguous() {
+                // The general path: `socket.send` says what it thinks of that buffer.
+                return Ok(py.NotImplemented());
+            }
+            // SAFETY: the buffer is C-contiguous and `len_bytes()` long, and `buf` keeps
+            // the exporter's view alive while the slice is used below, where no Python
+            // code runs.
+            let bytes =
+                unsafe { std::slice::from_raw_parts(buf.buf_ptr().cast::<u8>(), buf.len_bytes()) };
+            let sent = sock_ops::first_send(fd, bytes)?;
             if sent == bytes.len() {
                 return Ok(py.None());
             }
-            rest = bytes[sent..].to_vec();
-        }
-        Self::sock_op_start(
-            slf,
-            sock,
-            fd,
-            Side::Write,
-            OpKind::SendAll { data: rest, pos: 0 },
-        )
+            let rest = crate::errors::try_copy(&bytes[sent..])?;
+            drop(buf);
+            return Self::sendall_wait(slf, sock, fd, sent, rest);
+        };
+        let rest = crate::errors::try_copy(rest)?;
+        Self::sendall_wait(slf, sock, fd, sent, rest)
     }
 
     /// Schedules a coroutine as an `asyncio.Task` (through the task factory if one is set).

@@ -355,3 +355,130 @@ def test_wait_of_a_closed_socket_never_touches_the_socket_reusing_its_fd(loop, l
             b_peer.close()
 
     loop.run_until_complete(asyncio.wait_for(main(), FAR))
+
+
+# -- item 4: sock_* on a socket in blocking mode ----------------------------------------------
+# asyncio calls the socket's own method, which waits without the interpreter lock. The peer
+# below is a Python thread that can only run once the loop's thread lets the lock go: the
+# switch interval is made huge, so only a wait without the lock gives it a turn. Holding
+# the lock in the syscall deadlocked the process.
+
+BLOCKING_SOCKET = """
+import socket, sys, threading
+
+sys.setswitchinterval(1000)
+a, b = socket.socketpair()  # both in blocking mode
+gate = threading.Lock()
+gate.acquire()
+PAYLOAD = bytes(range(256)) * (32 * 1024)  # 8 MiB: more than the socket buffers hold
+
+def peer(op):
+    gate.acquire()  # released by the loop's thread just before the operation
+    if op == "sendall":
+        got = bytearray()
+        while len(got) < len(PAYLOAD):
+            got += b.recv(1 << 20)
+        assert got == PAYLOAD
+    else:
+        b.sendall(b"hello")
+
+async def main(loop, op):
+    gate.release()
+    if op == "recv":
+        return await loop.sock_recv(a, 100)
+    if op == "recv_into":
+        buf = bytearray(100)
+        n = await loop.sock_recv_into(a, buf)
+        return bytes(buf[:n])
+    await loop.sock_sendall(a, PAYLOAD)
+    return b"sent"
+
+op = sys.argv[1]
+t = threading.Thread(target=peer, args=(op,))
+t.start()
+loop = new_loop()
+print(loop.run_until_complete(main(loop, op)).decode())
+t.join()
+loop.close()
+"""
+
+
+@pytest.mark.parametrize("op", ["recv", "recv_into", "sendall"])
+def test_sock_operation_on_a_blocking_socket_waits_without_the_lock(loop_kind, op):
+    proc = run_child(loop_kind, BLOCKING_SOCKET.replace("sys.argv[1]", repr(op)))
+    assert_clean_exit(proc)
+    assert proc.stdout == ("sent\n" if op == "sendall" else "hello\n")
+
+
+@pytest.mark.parametrize("op", ["sock_recv", "sock_recv_into", "sock_sendall"])
+def test_sock_operation_on_a_blocking_socket_is_refused_in_debug_mode(loop, op):
+    a, b = socket.socketpair()
+    loop.set_debug(True)
+    args = {"sock_recv": (100,), "sock_recv_into": (bytearray(10),), "sock_sendall": (b"x",)}
+
+    async def main():
+        with pytest.raises(ValueError, match="the socket must be non-blocking"):
+            await getattr(loop, op)(a, *args[op])
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sock_recv_on_a_socket_with_a_timeout_times_out_like_the_socket(loop):
+    # A timeout socket waits (up to its timeout) in its own method, as asyncio calls it.
+    a, b = socket.socketpair()
+    a.settimeout(0.05)
+
+    async def main():
+        with pytest.raises(TimeoutError):
+            await loop.sock_recv(a, 100)
+
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), FAR))
+    finally:
+        a.close()
+        b.close()
+
+
+# -- item 7: sizes from the caller -----------------------------------------------------------
+
+
+IMPOSSIBLE_RECV = """
+import socket
+
+a, b = socket.socketpair()
+a.setblocking(False)
+b.send(b"x")
+
+async def main(loop):
+    try:
+        await loop.sock_recv(a, 2**62)
+    except MemoryError:
+        print("MemoryError")
+    # Nothing was lost: the byte is still there.
+    print((await loop.sock_recv(a, 10)).decode())
+
+loop = new_loop()
+loop.run_until_complete(main(loop))
+loop.close()
+"""
+
+
+def test_sock_recv_of_an_impossible_size_raises_memory_error(loop_kind):
+    # A child process: the failure this guards against aborts the process.
+    proc = run_child(loop_kind, IMPOSSIBLE_RECV)
+    assert_clean_exit(proc)
+    assert proc.stdout == "MemoryError\nx\n"
+
+
+def test_sock_recv_of_a_size_too_large_for_the_platform_raises_overflow_error(loop, tcp_pair):
+    client, _ = tcp_pair
+
+    async def main():
+        with pytest.raises(OverflowError):
+            await loop.sock_recv(client, 2**64)
+
+    loop.run_until_complete(asyncio.wait_for(main(), FAR))

@@ -27,8 +27,26 @@ fn settle_allocator() {
     unsafe { libc::free(std::hint::black_box(libc::malloc(1 << 20))) }
 }
 
-#[pymodule]
+/// The main interpreter only (see `python/ferroloop/_interpreter.py`, which refuses a
+/// subinterpreter before this module is even loaded; this is the check for a direct import).
+fn refuse_subinterpreter() -> PyResult<()> {
+    // SAFETY: plain queries of the running interpreter state, made while attached.
+    let main =
+        unsafe { pyo3::ffi::PyInterpreterState_Get() == pyo3::ffi::PyInterpreterState_Main() };
+    if main {
+        Ok(())
+    } else {
+        Err(pyo3::exceptions::PyImportError::new_err(
+            "ferroloop cannot be imported in a subinterpreter: it supports the main interpreter only",
+        ))
+    }
+}
+
+// `gil_used`: every "serialized by the interpreter lock" argument in this crate (`GilCell`,
+// the free lists) needs the lock; a free-threaded build loads the module with it on.
+#[pymodule(gil_used = true)]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    refuse_subinterpreter()?;
     settle_allocator();
     m.add_class::<event_loop::CoreLoop>()?;
     event_loop::install_fast_methods(&m.py().get_type::<event_loop::CoreLoop>())?;

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from . import _interpreter  # noqa: F401  (first: refuses a subinterpreter)
 from ._ferroloop import BUILD_PROFILE, __version__
 from ._loop import Loop, new_event_loop
 

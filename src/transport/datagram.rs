@@ -446,33 +446,35 @@ impl DatagramTransport {
             return Ok(());
         }
         let mut addr = addr.filter(|a| !a.is_none());
-        {
+        // Compared outside the borrow: `__eq__` is Python code that may use this transport.
+        let address = this
+            .state
+            .borrow(py)
+            .address
+            .as_ref()
+            .map(|a| a.clone_ref(py));
+        if let Some(address) = address {
+            let address = address.into_bound(py);
+            if let Some(a) = &addr {
+                if !a.eq(&address)? {
+                    return Err(PyValueError::new_err(format!(
+                        "Invalid address: must be None or {}",
+                        address.str()?
+                    )));
+                }
+            }
+            addr = Some(address);
             let mut st = this.state.borrow_mut(py);
-            if let Some(address) = &st.address {
-                let address = address.bind(py).clone();
-                if let Some(a) = &addr {
-                    if !a.eq(&address)? {
-                        return Err(PyValueError::new_err(format!(
-                            "Invalid address: must be None or {}",
-                            address.str()?
-                        )));
-                    }
+            if st.c.conn_lost > 0 {
+                st.c.conn_lost += 1;
+                let warn = st.c.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                drop(st);
+                if warn {
+                    crate::handles::format_module(py)?
+                        .safe_method0(intern!(py, "logger"))?
+                        .safe_method1(intern!(py, "warning"), "socket.send() raised exception.")?;
                 }
-                addr = Some(address);
-                if st.c.conn_lost > 0 {
-                    st.c.conn_lost += 1;
-                    let warn = st.c.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES;
-                    drop(st);
-                    if warn {
-                        crate::handles::format_module(py)?
-                            .safe_method0(intern!(py, "logger"))?
-                            .safe_method1(
-                                intern!(py, "warning"),
-                                "socket.send() raised exception.",
-                            )?;
-                    }
-                    return Ok(());
-                }
+                return Ok(());
             }
         }
         let dest = if this.connected {
@@ -537,7 +539,9 @@ impl DatagramTransport {
         name: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        self.state.borrow(py).c.extra_info(py, name, default)
+        // The lookup hashes `name` (Python code): not while the state is borrowed.
+        let extra = self.state.borrow(py).c.extra.clone_ref(py);
+        Common::lookup_extra(py, &extra, name, default)
     }
 
     #[getter]

@@ -124,13 +124,15 @@ impl Common {
         }
     }
 
-    pub fn extra_info(
-        &self,
+    /// `get_extra_info`: `extra[name]` or `default`. The caller takes `extra` out of the
+    /// transport's state first: looking `name` up runs its `__hash__`/`__eq__`.
+    pub fn lookup_extra(
         py: Python<'_>,
+        extra: &Py<PyDict>,
         name: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        match self.extra.bind(py).get_item(name)? {
+        match extra.bind(py).get_item(name)? {
             Some(v) => Ok(v.unbind()),
             None => Ok(default.unwrap_or_else(|| py.None())),
         }

@@ -893,7 +893,9 @@ impl StreamTransport {
         name: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        self.state.borrow(py).c.extra_info(py, name, default)
+        // The lookup hashes `name` (Python code): not while the state is borrowed.
+        let extra = self.state.borrow(py).c.extra.clone_ref(py);
+        Common::lookup_extra(py, &extra, name, default)
     }
 
     #[getter]
@@ -952,11 +954,12 @@ impl StreamTransport {
         }
         let event_loop = this.loop_of(py);
         let fut = CoreLoop::create_future(event_loop.bind(py))?;
-        let empty = {
+        let (empty, old) = {
             let mut st = this.state.borrow_mut(py);
-            st.empty_waiter = Some(fut.clone().unbind());
-            st.buffered() == 0
+            let old = st.empty_waiter.replace(fut.clone().unbind());
+            (st.buffered() == 0, old)
         };
+        drop(old);
         if empty {
             fut.safe_method1(intern!(py, "set_result"), py.None())?;
         }

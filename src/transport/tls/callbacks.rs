@@ -129,14 +129,18 @@ impl TlsProtocol {
 
     fn connection_made(slf: &Bound<'_, Self>, transport: Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        {
+        let native = transport
+            .cast::<StreamTransport>()
+            .ok()
+            .map(|t| t.clone().unbind());
+        let old = {
             let mut st = slf.get().st.borrow_mut(py);
-            st.lower_native = transport
-                .cast::<StreamTransport>()
-                .ok()
-                .map(|t| t.clone().unbind());
-            st.lower = Some(transport.unbind());
-        }
+            (
+                std::mem::replace(&mut st.lower_native, native),
+                st.lower.replace(transport.unbind()),
+            )
+        };
+        drop(old);
         Self::start_handshake(slf)
     }
 

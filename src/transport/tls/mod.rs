@@ -375,8 +375,10 @@ impl TlsProtocol {
         let reader = app_reader(py, protocol)?;
         let old = {
             let mut st = self.st.borrow_mut(py);
-            st.app_reader = reader;
-            st.app_protocol.replace(protocol.clone().unbind())
+            (
+                std::mem::replace(&mut st.app_reader, reader),
+                st.app_protocol.replace(protocol.clone().unbind()),
+            )
         };
         drop(old);
         Ok(())
@@ -719,15 +721,27 @@ impl TlsProtocol {
                 Err(e) => return Err(e),
             };
             let len = data.len()?;
-            let mut st = this.st.borrow_mut(py);
-            if count < len {
-                let rest = data.get_item(PySlice::new(py, count as isize, len as isize, 1))?;
-                st.backlog[0] = rest.unbind();
-                st.backlog_size -= count;
+            // Made (and the old item dropped) outside the borrow: Python code may run.
+            let rest = if count < len {
+                Some(data.get_item(PySlice::new(py, count as isize, len as isize, 1))?)
             } else {
-                st.backlog.pop_front();
-                st.backlog_size -= len;
-            }
+                None
+            };
+            let mut st = this.st.borrow_mut(py);
+            let done = match rest {
+                Some(rest) => {
+                    st.backlog_size -= count;
+                    st.backlog
+                        .front_mut()
+                        .map(|d| std::mem::replace(d, rest.unbind()))
+                }
+                None => {
+                    st.backlog_size -= len;
+                    st.backlog.pop_front()
+                }
+            };
+            drop(st);
+            drop(done);
         }
         Self::process_outgoing(slf)
     }

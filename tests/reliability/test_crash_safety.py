@@ -482,3 +482,140 @@ def test_sock_recv_of_a_size_too_large_for_the_platform_raises_overflow_error(lo
             await loop.sock_recv(client, 2**64)
 
     loop.run_until_complete(asyncio.wait_for(main(), FAR))
+
+
+# -- item 10: subinterpreters ------------------------------------------------------------------
+
+SUBINTERPRETER = """
+import sys
+
+try:
+    import _interpreters as interpreters
+except ImportError:
+    try:
+        import _xxsubinterpreters as interpreters
+    except ImportError:
+        print("no subinterpreters")
+        sys.exit(0)
+
+
+def new_interpreter():
+    # A legacy (shared-GIL) subinterpreter: the kind that loads single-phase extensions.
+    for args, kwargs in ((("legacy",), {}), ((), {"isolated": False}), ((), {})):
+        try:
+            return interpreters.create(*args, **kwargs)
+        except (TypeError, ValueError):
+            continue
+    raise RuntimeError("cannot make a subinterpreter")
+
+
+def run_in(interp, code):
+    run = getattr(interpreters, "run_string", None) or interpreters.exec
+    try:
+        failure = run(interp, code)
+    except Exception as exc:  # 3.12: RunFailedError
+        return str(exc)
+    return failure and failure.formatted
+
+
+SUB = '''
+import asyncio
+from ferroloop import new_event_loop
+loop = new_event_loop()
+handle = loop.call_soon(int)
+repr(handle), isinstance(handle, asyncio.Handle)
+loop.run_until_complete(asyncio.sleep(0))
+loop.close()
+'''
+
+if sys.argv[1] == "main-first":
+    import ferroloop  # noqa: F401
+interp = new_interpreter()
+failure = run_in(interp, SUB)
+interpreters.destroy(interp)
+print("sub refused" if failure and "ImportError" in failure else f"sub: {failure!r}")
+
+# The main interpreter's loop and handles work as if nothing happened.
+loop = new_loop()
+handle = loop.call_soon(int)
+print(repr(handle), isinstance(handle, asyncio.Handle))
+loop.run_until_complete(asyncio.sleep(0))
+loop.close()
+"""
+
+
+@pytest.mark.ferroloop_only
+@pytest.mark.parametrize("order", ["main-first", "sub-first"])
+def test_subinterpreter_import_is_refused_and_leaves_the_main_interpreter_intact(order):
+    proc = run_child("ferroloop", SUBINTERPRETER.replace("sys.argv[1]", repr(order)))
+    assert_clean_exit(proc)
+    if proc.stdout == "no subinterpreters\n":
+        pytest.skip("this Python has no subinterpreter module")
+    assert proc.stdout == "sub refused\n<Handle int()> True\n"
+
+
+# -- item 9: Python code that re-enters a transport while the loop is inside it ---------------
+
+
+class ReenteringKey(str):
+    """An extra-info key whose hash uses the transport (as any __hash__ may)."""
+
+    transport = None
+
+    def __hash__(self):
+        self.transport.pause_reading()
+        self.transport.resume_reading()
+        return str.__hash__(self)
+
+    def __eq__(self, other):
+        return str.__eq__(self, other)
+
+
+def test_get_extra_info_key_whose_hash_uses_the_transport(loop, tcp_pair):
+    client, _ = tcp_pair
+
+    async def main():
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=client)
+        key = ReenteringKey("no such key")
+        key.transport = transport
+        try:
+            return transport.get_extra_info(key, "default")
+        finally:
+            transport.close()
+
+    assert loop.run_until_complete(asyncio.wait_for(main(), FAR)) == "default"
+
+
+def test_sendto_address_whose_eq_uses_the_transport(loop):
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.settimeout(FAR)
+    peer = receiver.getsockname()
+    used = []
+
+    class Address(tuple):
+        transport = None
+
+        def __eq__(self, other):
+            used.append(self.transport.get_write_buffer_size())
+            return tuple.__eq__(self, other)
+
+        __hash__ = tuple.__hash__
+
+    async def main():
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=peer
+        )
+        address = Address(peer)
+        address.transport = transport
+        try:
+            transport.sendto(b"datagram", address)
+        finally:
+            transport.close()
+
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), FAR))
+        assert receiver.recv(100) == b"datagram"
+    finally:
+        receiver.close()
+    assert used and set(used) == {0}

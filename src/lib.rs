@@ -1,6 +1,24 @@
 //! ferroloop's Rust core: a drop-in asyncio event loop for CPython.
 //!
 //! This file is the table of contents. Each module names the asyncio concept it implements.
+//!
+//! No panic may reach Python (PyO3 would turn it into a `PanicException`, and a panic inside
+//! the loop could leave it half-way through an iteration): outside tests, clippy refuses
+//! `unwrap`, `expect`, `panic!`, `unreachable!` and friends, and `clippy.toml` refuses the
+//! unchecked float-to-`Duration` conversions and PyO3's own call methods (calls into Python
+//! go through `attach::SafeCall`). Sizes that come from the caller are allocated with
+//! `try_reserve` (`errors::try_vec`).
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::unreachable,
+        clippy::todo,
+        clippy::unimplemented
+    )
+)]
 
 mod attach;
 mod errors;

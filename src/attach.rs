@@ -111,21 +111,35 @@ pub fn detach<T>(_py: Python<'_>, f: impl FnOnce() -> T) -> T {
 /// # Safety
 /// Attached; `func` and the `nargs` objects at `argv` are live for the call, and
 /// `argv[-1]` is writable.
+#[inline(always)]
 pub unsafe fn call_vectorcall<'py>(
     func: &Bound<'py, PyAny>,
     argv: *const *mut ffi::PyObject,
     nargs: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
+    /// A vectorcall function, as able to unwind (see `raw`).
+    type Vectorcall = unsafe extern "C-unwind" fn(
+        *mut ffi::PyObject,
+        *const *mut ffi::PyObject,
+        usize,
+        *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
+    let nargsf = nargs | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET;
+    // SAFETY: attached; `func` is a live object.
+    let vectorcall = unsafe { ffi::PyVectorcall_Function(func.as_ptr()) };
     let guard = HangOnUnwind;
-    // SAFETY: as the caller promised; the result is a new reference or NULL with an
-    // exception set.
-    let r = unsafe {
-        raw::PyObject_VectorcallDict(
-            func.as_ptr(),
-            argv,
-            nargs | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
-            std::ptr::null_mut(),
-        )
+    let r = match vectorcall {
+        // SAFETY: the same function pointer, only declared able to unwind (the ABI is the
+        // same); called as CPython's `PyObject_Vectorcall` calls it, with the arguments the
+        // caller vouched for.
+        Some(f) => unsafe {
+            let f: Vectorcall = std::mem::transmute::<ffi::vectorcallfunc, Vectorcall>(f);
+            f(func.as_ptr(), argv, nargsf, std::ptr::null_mut())
+        },
+        // SAFETY: as above; an object without vectorcall is called through `tp_call`.
+        None => unsafe {
+            raw::PyObject_VectorcallDict(func.as_ptr(), argv, nargsf, std::ptr::null_mut())
+        },
     };
     std::mem::forget(guard);
     // SAFETY: attached; `r` is a new reference or NULL with an exception set.

@@ -19,7 +19,7 @@
 //! about to be, blocked in the poller and nobody has written it since: N wake-ups from
 //! other threads during one wait cost one syscall.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +39,7 @@ use crate::attach::SafeCall;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::handles::{format_module, Args, Handle, TimerHandle};
-use crate::poller::{interest_of, IoMap, Ready, Side};
+use crate::poller::{interest_of, FdMap, IoMap, Ready, Side};
 use crate::sock_ops::{self, OpKind, SockOp};
 use crate::timers::{wait_duration, TimerHeap};
 
@@ -148,9 +148,9 @@ impl SockWaits {
 pub(crate) struct State {
     ready: VecDeque<ReadyItem>,
     /// Rust transports by fd (registered with `NATIVE_BIT` tokens, edge-triggered).
-    transports: HashMap<RawFd, NativeTransport>,
+    transports: FdMap<NativeTransport>,
     /// Native `sock_*` operations waiting for readiness, by fd (`SOCK_BIT` tokens).
-    sock_waits: HashMap<RawFd, SockWaits>,
+    sock_waits: FdMap<SockWaits>,
     timers: TimerHeap<Py<TimerHandle>>,
     io: IoMap<Py<Handle>>,
     registry: Option<Registry>,
@@ -649,7 +649,7 @@ impl CoreLoop {
         sent: usize,
         rest: Vec<u8>,
     ) -> PyResult<Py<PyAny>> {
-        if sock_ops::is_blocking(sock)? {
+        if slf.get().sock_hand_over(slf.py(), sock, fd)? {
             return Ok(sent.into_pyobject(slf.py())?.into_any().unbind());
         }
         let kind = OpKind::SendAll { data: rest, pos: 0 };
@@ -679,8 +679,8 @@ impl CoreLoop {
         Ok(CoreLoop {
             state: GilCell::new(State {
                 ready: VecDeque::new(),
-                transports: HashMap::new(),
-                sock_waits: HashMap::new(),
+                transports: FdMap::default(),
+                sock_waits: FdMap::default(),
                 timers: TimerHeap::new(),
                 io: IoMap::new(),
                 registry: Some(registry),
@@ -761,7 +761,7 @@ impl CoreLoop {
         if let Some(data) = sock_ops::first_recv(py, fd, n)? {
             return Ok(data);
         }
-        if sock_ops::is_blocking(sock)? {
+        if slf.get().sock_hand_over(py, sock, fd)? {
             return Ok(py.NotImplemented());
         }
         Self::sock_op_start(slf, sock, fd, Side::Read, OpKind::Recv { n })
@@ -782,7 +782,7 @@ impl CoreLoop {
         if let Some(n) = sock_ops::first_recv_into(py, fd, buf)? {
             return Ok(n.into_pyobject(py)?.into_any().unbind());
         }
-        if sock_ops::is_blocking(sock)? {
+        if slf.get().sock_hand_over(py, sock, fd)? {
             return Ok(py.NotImplemented());
         }
         let buf = buf.clone().unbind();

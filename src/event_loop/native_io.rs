@@ -3,7 +3,6 @@
 //! Both use tokens with a marker bit above the fd, so the poll step can tell them from
 //! user readers and writers, and both queue `ReadyItem`s instead of Python handles.
 
-use std::collections::HashMap;
 use std::os::fd::RawFd;
 
 use mio::Token;
@@ -16,7 +15,7 @@ use super::{CoreLoop, SockWaits, State, NATIVE_BIT};
 use crate::attach::SafeCall;
 use crate::errors::os_error;
 use crate::handles::Handle;
-use crate::poller::{IoMap, Side};
+use crate::poller::{FdMap, IoMap, Side};
 use crate::sock_ops::{self, Attempt, OpKind, SockOp, SockOpDone};
 use crate::transport::NativeTransport;
 
@@ -96,14 +95,32 @@ impl CoreLoop {
     /// Whether native `sock_*` operations may use `fd`: nobody else registered it.
     pub(super) fn sock_fd_free(&self, py: Python<'_>, fd: RawFd) -> bool {
         let st = self.state.borrow(py);
-        st.io.get(fd, Side::Read).is_none()
-            && st.io.get(fd, Side::Write).is_none()
-            && !st.transports.contains_key(&fd)
+        !st.io.has_handles(fd) && !st.transports.contains_key(&fd)
     }
 
     /// Puts `op` in the `side` slot of `fd` and makes sure the poller reports `side` (see
     /// `SockWaits`). Returns the operation it replaced, if any (asyncio also lets a later
     /// wait replace an earlier one's reader).
+    /// Whether a native operation on `sock` that must wait goes to the general path
+    /// instead: `sock` is in blocking mode (see `sock_ops::is_blocking`). Asked once per
+    /// socket object and fd: a socket whose earlier waits registered the fd is known to be
+    /// non-blocking (one switched to blocking mode since then keeps waiting in the loop,
+    /// which never blocks it either).
+    pub(super) fn sock_hand_over(
+        &self,
+        py: Python<'_>,
+        sock: &Bound<'_, PyAny>,
+        fd: RawFd,
+    ) -> PyResult<bool> {
+        let owned = self
+            .state
+            .borrow(py)
+            .sock_waits
+            .get(&fd)
+            .is_some_and(|w| w.is_owned_by(sock));
+        Ok(!owned && sock_ops::is_blocking(sock)?)
+    }
+
     pub(super) fn sock_op_wait(
         &self,
         py: Python<'_>,
@@ -258,7 +275,7 @@ impl CoreLoop {
 /// the state is no longer borrowed.
 pub(super) fn forget_sock_registration(
     io: &mut IoMap<Py<Handle>>,
-    sock_waits: &mut HashMap<RawFd, SockWaits>,
+    sock_waits: &mut FdMap<SockWaits>,
     fd: RawFd,
 ) -> Option<SockWaits> {
     io.forget_native(fd);

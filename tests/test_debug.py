@@ -72,6 +72,24 @@ def test_slow_callback_is_logged_in_debug_mode(loop, caplog):
     assert "took" in messages[0] and "seconds" in messages[0]
 
 
+def test_slow_task_step_is_logged_as_the_task(loop, caplog):
+    # asyncio names the task, not the handle of its step (TaskStepMethWrapper).
+    caplog.set_level(logging.WARNING, logger="asyncio")
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.02
+
+    async def slow_coroutine():
+        time.sleep(0.05)  # simulated CPU-bound work: the subject of the test
+
+    task = loop.create_task(slow_coroutine(), name="slowpoke")
+    loop.run_until_complete(task)
+    messages = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("Executing <Task "), messages[0]
+    assert "name='slowpoke'" in messages[0] and "slow_coroutine()" in messages[0]
+    assert "Handle" not in messages[0] and "TaskStepMethWrapper" not in messages[0]
+
+
 def test_slow_callback_is_not_logged_without_debug(loop, caplog):
     caplog.set_level(logging.WARNING, logger="asyncio")
     loop.set_debug(False)

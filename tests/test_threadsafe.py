@@ -142,6 +142,15 @@ def test_run_in_executor_default_executor(loop):
     loop.run_until_complete(loop.shutdown_default_executor())
 
 
+def test_default_executor_threads_are_named_like_asyncio(loop):
+    # Suites assert asyncio's thread name prefix, "asyncio_<n>".
+    name = loop.run_until_complete(
+        loop.run_in_executor(None, lambda: threading.current_thread().name)
+    )
+    assert name.startswith("asyncio_"), name
+    loop.run_until_complete(loop.shutdown_default_executor())
+
+
 def test_run_in_executor_returns_an_asyncio_future(loop):
     async def main():
         fut = loop.run_in_executor(None, int, "7")

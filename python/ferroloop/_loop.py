@@ -185,7 +185,10 @@ class Loop(
         self._coroutine_origin_tracking_enabled = enabled
 
     def _log_slow_callback(self, handle, seconds: float) -> None:
-        _logger().warning("Executing %s took %.3f seconds", handle, seconds)
+        # As asyncio: a handle running a task's step is shown as the task.
+        task = getattr(handle._callback, "__self__", None)
+        what = repr(task) if isinstance(task, asyncio.Task) else str(handle)
+        _logger().warning("Executing %s took %.3f seconds", what, seconds)
 
     # -- futures and tasks ---------------------------------------------------------------
 
@@ -241,7 +244,7 @@ class Loop(
             if executor is None:
                 if self._executor_shutdown_called:
                     raise RuntimeError("Executor shutdown has been called")
-                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="ferroloop")
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="asyncio")
                 self._default_executor = executor
         return asyncio.wrap_future(executor.submit(func, *args), loop=self)
 

@@ -24,6 +24,7 @@ mod attach;
 mod errors;
 mod event_loop;
 mod freelist;
+mod fs_ops;
 mod gil_cell;
 mod handles;
 pub mod poller;
@@ -75,6 +76,9 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<transport::DatagramTransport>()?;
     m.add_class::<transport::TlsProtocol>()?;
     m.add_class::<transport::TlsTransport>()?;
+    m.add_function(wrap_pyfunction!(fs_ops::sendfile, m)?)?;
+    m.add_function(wrap_pyfunction!(fs_ops::path_mode_and_inode, m)?)?;
+    m.add_function(wrap_pyfunction!(fs_ops::unlink_path, m)?)?;
     m.add(
         "BUILD_PROFILE",
         if cfg!(debug_assertions) {

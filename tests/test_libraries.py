@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import pytest
@@ -222,3 +223,70 @@ def test_twisted_asyncio_reactor(loop_kind):
     module = "ferroloop" if loop_kind == "ferroloop" else "asyncio"
     assert done.stdout.split()[:2] == ["echoed", str(256 * 1000)]
     assert done.stdout.split()[2].startswith(module)
+
+
+# -- blockbuster --------------------------------------------------------------------------
+
+
+def test_blockbuster_finds_no_blocking_call_in_the_loop(loop, tmp_path):
+    # Blocking-call detectors wrap os.stat, os.sendfile, socket methods... and exempt
+    # asyncio's own functions by file name; the loop's own calls must not trip them.
+    blockbuster = pytest.importorskip("blockbuster")
+    data = payload(3 << 20)
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    sock_path = tempfile.mktemp(prefix="fl", suffix=".sock", dir="/tmp")
+
+    async def echo(reader, writer):
+        writer.write(await reader.read())
+        await writer.drain()
+        writer.close()
+
+    async def round_trip(reader, writer, body):
+        writer.write(body)
+        writer.write_eof()
+        assert await reader.read() == body
+        writer.close()
+
+    async def main():
+        # TCP: serve, connect, echo.
+        server = await asyncio.start_server(echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        await round_trip(*await asyncio.open_connection("127.0.0.1", port), b"tcp")
+        # Unix: serve on a path (checked for a stale file first), connect, close (3.13+
+        # removes the file).
+        unix = await asyncio.start_unix_server(echo, sock_path)
+        await round_trip(*await asyncio.open_unix_connection(sock_path), b"unix")
+        unix.close()
+        await unix.wait_closed()
+        # loop.sendfile over a transport, and loop.sock_sendfile over a socket.
+        received = asyncio.Queue()
+
+        async def sink(reader, writer):
+            received.put_nowait(await reader.read())
+            writer.close()
+
+        sink_server = await asyncio.start_server(sink, "127.0.0.1", 0)
+        sink_port = sink_server.sockets[0].getsockname()[1]
+        with open(path, "rb") as f:
+            _, writer = await asyncio.open_connection("127.0.0.1", sink_port)
+            assert await loop.sendfile(writer.transport, f) == len(data)
+            writer.close()
+            await writer.wait_closed()
+            with socket.socket() as sock:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, ("127.0.0.1", sink_port))
+                assert await loop.sock_sendfile(sock, f, 0) == len(data)
+        got = [await received.get(), await received.get()]
+        for s in (server, sink_server):
+            s.close()
+            await s.wait_closed()
+        return got
+
+    try:
+        with blockbuster.blockbuster_ctx():
+            received = run(loop, main())
+    finally:
+        if os.path.exists(sock_path):
+            os.unlink(sock_path)
+    assert received == [data, data]

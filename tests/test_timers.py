@@ -255,3 +255,60 @@ def test_loop_waiting_for_a_timer_does_not_busy_wait(loop):
     loop.run_forever()
     cpu = time.process_time() - cpu
     assert cpu < 0.1, f"the loop used {cpu:.3f} s of CPU while waiting 0.2 s"
+
+
+# -- a faked clock: loop.time replaced on the instance or overridden in a subclass ---------
+
+
+def run_one_iteration(loop):
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+def test_instance_time_override_schedules_and_fires_timers(loop):
+    # Suites fake the clock (keep-alive, timeouts): call_later adds to self.time(), and a
+    # timer is due once self.time() reaches its deadline, whatever the real clock says.
+    fake = [1000.0]
+    loop.time = lambda: fake[0]
+    fired = []
+    handle = loop.call_later(3600, fired.append, "timer")
+    assert handle.when() == 4600.0
+    run_one_iteration(loop)
+    assert fired == []
+    fake[0] = 4600.0
+    run_one_iteration(loop)
+    assert fired == ["timer"]
+    # Back to the real clock once the override is gone.
+    del loop.time
+    handle = loop.call_later(10, fired.append, "late")
+    assert abs(handle.when() - (time.monotonic() + 10)) < 1
+    handle.cancel()
+
+
+def test_faked_clock_wakes_sleep(loop):
+    fake = [0.0]
+    loop.time = lambda: fake[0]
+
+    async def main():
+        sleeper = asyncio.ensure_future(asyncio.sleep(300, "rested"))
+        await asyncio.sleep(0)
+        fake[0] = 300.0
+        return await sleeper
+
+    assert loop.run_until_complete(main()) == "rested"
+
+
+def test_subclass_time_override_is_used_for_scheduling(loop_factory):
+    fake = [50.0]
+    lp = loop_factory()
+    cls = type("FakeClockLoop", (type(lp),), {"time": lambda self: fake[0]})
+    lp.close()
+    lp = cls()
+    try:
+        fired = []
+        assert lp.call_later(5, fired.append, 1).when() == 55.0
+        fake[0] = 55.0
+        run_one_iteration(lp)
+        assert fired == [1]
+    finally:
+        lp.close()

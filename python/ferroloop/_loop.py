@@ -81,6 +81,24 @@ class Loop(
         self._bound_call_soon = None
         if type(self).call_soon is _ferroloop.CoreLoop.call_soon:
             self.call_soon = self._bound_call_soon = self.call_soon
+        self._set_custom_clock(self._time_overridden_by_class())
+
+    # asyncio's scheduling reads ``self.time()``; tests fake the clock by replacing
+    # ``loop.time`` (or overriding it in a subclass). The Rust core reads the monotonic
+    # clock directly unless told that ``time`` is someone else's. (Never ``self.__dict__``
+    # here: making it turns every attribute lookup on the loop into a dict lookup.)
+    def _time_overridden_by_class(self) -> bool:
+        return type(self).time is not _ferroloop.CoreLoop.time
+
+    def __setattr__(self, name, value) -> None:
+        super().__setattr__(name, value)
+        if name == "time":
+            self._set_custom_clock(True)
+
+    def __delattr__(self, name) -> None:
+        super().__delattr__(name)
+        if name == "time":
+            self._set_custom_clock(self._time_overridden_by_class())
 
     def __repr__(self) -> str:
         return (

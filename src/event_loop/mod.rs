@@ -201,6 +201,17 @@ pub struct CoreLoop {
     /// Identifier of the thread running the loop; 0 when it is not running.
     thread_id: AtomicU64,
     timers_cancelled: Arc<AtomicUsize>,
+    /// `time` is replaced on the instance or overridden in a subclass: scheduling reads
+    /// `self.time()`, as asyncio's does, instead of the monotonic clock (see `clock`).
+    custom_clock: AtomicBool,
+}
+
+/// `loop.time() + delay` through Python, for `call_later` with an overridden clock.
+#[cold]
+#[inline(never)]
+fn custom_clock_plus(slf: &Bound<'_, PyAny>, delay: &Bound<'_, PyAny>) -> PyResult<f64> {
+    let now = slf.safe_method0(intern!(slf.py(), "time"))?;
+    now.add(delay)?.extract()
 }
 
 /// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`. A number too large for
@@ -451,7 +462,9 @@ impl CoreLoop {
     }
 
     /// Steps 1 and 2 of an iteration: compute the wait, poll, queue what became ready.
-    fn poll_io(&self, py: Python<'_>) -> PyResult<()> {
+    /// `clock`: the time timers are compared with (`monotonic`, or an overridden clock's).
+    #[inline]
+    fn poll_io(&self, py: Python<'_>, clock: impl Fn() -> f64) -> PyResult<()> {
         let (timeout, pruned) = {
             let mut st = self.state.borrow_mut(py);
             // A plain load first: the exchange is an atomic read-modify-write, and most
@@ -485,9 +498,8 @@ impl CoreLoop {
                 st.last_poll = now;
                 Some(Duration::ZERO)
             } else {
-                timers
-                    .next_when()
-                    .map(|when| wait_duration(when - monotonic()))
+                let now = clock();
+                timers.next_when().map(|when| wait_duration(when - now))
             };
             (timeout, pruned)
         };
@@ -569,14 +581,15 @@ impl CoreLoop {
     }
 
     /// Step 3: due timers join the ready queue.
-    fn collect_timers(&self, py: Python<'_>) {
+    #[inline]
+    fn collect_timers(&self, py: Python<'_>, now: impl FnOnce() -> f64) {
         let mut dead = Vec::new();
         {
             let mut st = self.state.borrow_mut(py);
             if st.timers.is_empty() {
                 return;
             }
-            let now = monotonic();
+            let now = now();
             let State { timers, ready, .. } = &mut *st;
             while let Some(t) = timers.pop_due(now) {
                 t.get().set_unscheduled();
@@ -659,8 +672,28 @@ impl CoreLoop {
     fn run_once(&self, slf: &Bound<'_, CoreLoop>) -> PyResult<()> {
         let py = slf.py();
         py.check_signals()?;
-        self.poll_io(py)?;
-        self.collect_timers(py);
+        // `self.time()` when `time` is overridden, else None: the monotonic clock is then
+        // read where it is needed, with no call into Python.
+        if self.custom_clock.load(Ordering::Relaxed) {
+            return self.run_once_custom_clock(slf);
+        }
+        self.poll_io(py, monotonic)?;
+        self.collect_timers(py, monotonic);
+        self.run_ready(slf)
+    }
+
+    /// `run_once` when `time` is overridden: timers are compared with `self.time()`, read
+    /// before the wait and again after it (asyncio's `end_time`), outside any borrow of
+    /// the state since it runs Python code.
+    #[cold]
+    #[inline(never)]
+    fn run_once_custom_clock(&self, slf: &Bound<'_, CoreLoop>) -> PyResult<()> {
+        let py = slf.py();
+        let time = intern!(py, "time");
+        let now: f64 = slf.safe_method0(time)?.extract()?;
+        self.poll_io(py, || now)?;
+        let now: f64 = slf.safe_method0(time)?.extract()?;
+        self.collect_timers(py, || now);
         self.run_ready(slf)
     }
 }
@@ -699,12 +732,19 @@ impl CoreLoop {
             debug: AtomicBool::new(false),
             thread_id: AtomicU64::new(0),
             timers_cancelled: Arc::new(AtomicUsize::new(0)),
+            custom_clock: AtomicBool::new(false),
         })
     }
 
     /// `time.monotonic()`: the loop's clock.
     fn time(&self) -> f64 {
         monotonic()
+    }
+
+    /// Whether scheduling calls `self.time()` (set by `Loop` when `time` is replaced on
+    /// the instance or overridden in a subclass) or reads the monotonic clock directly.
+    fn _set_custom_clock(&self, enabled: bool) {
+        self.custom_clock.store(enabled, Ordering::Relaxed);
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -939,8 +979,7 @@ impl CoreLoop {
 
     #[pyo3(signature = (delay, callback, *args, context=None))]
     fn call_later(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         delay: &Bound<'_, PyAny>,
         callback: Bound<'_, PyAny>,
         args: Bound<'_, PyTuple>,
@@ -949,14 +988,19 @@ impl CoreLoop {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        // `loop.time() + delay`, as asyncio computes it: ints and floats directly, anything
-        // else through Python's `+` (a Decimal is refused, a numpy float accepted).
-        let when = if delay.is_instance_of::<PyFloat>() || delay.is_instance_of::<PyInt>() {
+        let py = slf.py();
+        let this = slf.get();
+        // `self.time() + delay`, as asyncio computes it: ints and floats directly, anything
+        // else (or an overridden clock's value) through Python's `+` (a Decimal is refused,
+        // a numpy float accepted).
+        let when = if this.custom_clock.load(Ordering::Relaxed) {
+            custom_clock_plus(slf, delay)?
+        } else if delay.is_instance_of::<PyFloat>() || delay.is_instance_of::<PyInt>() {
             monotonic() + delay.extract::<f64>()?
         } else {
             PyFloat::new(py, monotonic()).add(delay)?.extract::<f64>()?
         };
-        self.schedule_timer(py, "call_later", (when, None), callback, args, context)
+        this.schedule_timer(py, "call_later", (when, None), callback, args, context)
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]

@@ -111,3 +111,42 @@ def test_a_cycle_through_a_patched_attribute_is_collected(loop):
     gone = run(loop, main())
     gc.collect()
     assert gone() is None
+
+
+def public_names(cls):
+    return {n for n in dir(cls) if not n.startswith("_")}
+
+
+def test_server_and_transports_have_asyncio_public_names(loop):
+    # Every public name of asyncio's own class on the running Python, looked up one by one
+    # (dir() of our Rust transports lists their __class__'s names, not theirs).
+    from asyncio import base_events, selector_events, sslproto, unix_events
+
+    async def main():
+        objects = []
+        server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        objects.append((server, base_events.Server))
+        async with connected(loop) as (client, _server):
+            objects.append((client.transport, selector_events._SelectorSocketTransport))
+            async with tls_connected(loop) as (tls_client, _tls_server):
+                objects.append((tls_client.transport, sslproto._SSLProtocolTransport))
+                rfd, wfd = os.pipe()
+                with open(rfd, "rb", buffering=0) as r, open(wfd, "wb", buffering=0) as w:
+                    reader, reading = await loop.connect_read_pipe(Recorder, r)
+                    writer, _ = await loop.connect_write_pipe(asyncio.Protocol, w)
+                    objects.append((reader, unix_events._UnixReadPipeTransport))
+                    objects.append((writer, unix_events._UnixWritePipeTransport))
+                    missing = {
+                        cls.__name__: sorted(n for n in public_names(cls) if not hasattr(obj, n))
+                        for obj, cls in objects
+                    }
+                    assert client.transport.max_size == 256 * 1024
+                    writer.close()
+                    reader.close()
+                    await reading.lost
+        server.close()
+        await server.wait_closed()
+        return missing
+
+    missing = run(loop, main())
+    assert missing == {name: [] for name in missing}

@@ -30,6 +30,12 @@ except ImportError:  # pragma: no cover - not on supported versions
 
 _FALLBACK_BLOCK = 16 * 1024
 
+# asyncio's socket, datagram and read-pipe transports have a public ``max_size``: the most
+# one read asks for. Ours read the same 256 KiB (the Rust MAX_READ / MAX_DATAGRAM); the
+# attribute is informative, assigning it changes nothing (docs/compatibility.md).
+_ferroloop.StreamTransport.max_size = 256 * 1024
+_ferroloop.DatagramTransport.max_size = 256 * 1024
+
 
 class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
     """The class ferroloop's (Rust) datagram transports report as ``__class__``.

@@ -1,14 +1,18 @@
-"""The libraries built on asyncio, on each loop: aiohttp (HTTP, HTTPS, WebSocket), websockets,
-uvicorn serving a Starlette app, and Twisted's asyncio reactor.
+"""The libraries built on asyncio, on each loop: aiohttp (HTTP, HTTPS, WebSocket, chunked
+bodies, static files), websockets, uvicorn serving ASGI apps, asyncpg against a PostgreSQL
+server the tests start, Twisted's asyncio reactor, and blockbuster watching the loop.
 
 Each library is optional: its tests are skipped when it is not installed (``make venv``
-installs them). Everything binds 127.0.0.1 port 0; TLS uses the suite's own certificates.
+installs them). Everything binds 127.0.0.1 port 0 or a Unix socket in a temporary
+directory; TLS uses the suite's own certificates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -290,3 +294,107 @@ def test_blockbuster_finds_no_blocking_call_in_the_loop(loop, tmp_path):
         if os.path.exists(sock_path):
             os.unlink(sock_path)
     assert received == [data, data]
+
+
+# -- asyncpg + PostgreSQL -----------------------------------------------------------------
+
+
+def _postgres_bin():
+    """The directory of PostgreSQL's server binaries, or None."""
+    found = shutil.which("initdb")
+    if found:
+        return os.path.dirname(os.path.realpath(found))
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+    return dirs[-1] if dirs else None
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A PostgreSQL server of our own on a Unix socket in a temporary directory, stopped at
+    the end: yields the socket directory (user postgres, trust authentication).
+
+    PostgreSQL refuses to run as root: as root, the server runs as the user nobody.
+    """
+    pytest.importorskip("asyncpg")
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL's initdb/pg_ctl are not installed (.ci/install-postgres.sh)")
+    as_user = {}
+    tmp = tempfile.mkdtemp(prefix="flpg")
+    if os.geteuid() == 0:
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        as_user = {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+        os.chown(tmp, nobody.pw_uid, nobody.pw_gid)
+    data, log = os.path.join(tmp, "data"), os.path.join(tmp, "log")
+
+    def pg(tool, *args):
+        return subprocess.run(
+            [os.path.join(bindir, tool), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp,
+            **as_user,
+        )
+
+    try:
+        done = pg("initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync")
+        assert done.returncode == 0, done.stderr[-2000:]
+        options = f"-k {tmp} -c listen_addresses='' -F"
+        done = pg("pg_ctl", "-D", data, "-o", options, "-l", log, "-w", "-t", "60", "start")
+        if done.returncode != 0:
+            with open(log) as f:
+                pytest.fail(f"pg_ctl start failed: {done.stderr[-2000:]}{f.read()[-2000:]}")
+        try:
+            yield tmp
+        finally:
+            pg("pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_asyncpg_queries_transactions_notify_and_pool(loop, postgres):
+    asyncpg = pytest.importorskip("asyncpg")
+
+    async def main():
+        conn = await asyncpg.connect(host=postgres, user="postgres", database="postgres")
+        try:
+            assert await conn.fetchval("SELECT 1 + 1") == 2
+            await conn.execute("CREATE TEMP TABLE t (id int PRIMARY KEY, body bytea)")
+            rows = [(i, payload(i * 100, seed=i)) for i in range(200)]
+            await conn.executemany("INSERT INTO t VALUES ($1, $2)", rows)
+            await conn.copy_records_to_table("t", records=[(1000, b"copied")])
+            got = await conn.fetch("SELECT id, body FROM t ORDER BY id")
+            assert [tuple(r) for r in got] == [*rows, (1000, b"copied")]
+            stmt = await conn.prepare("SELECT body FROM t WHERE id = $1")
+            assert await stmt.fetchval(7) == rows[7][1]
+            # A rolled-back transaction leaves nothing behind.
+            with pytest.raises(RuntimeError):
+                async with conn.transaction():
+                    await conn.execute("DELETE FROM t")
+                    raise RuntimeError("roll back")
+            assert await conn.fetchval("SELECT count(*) FROM t") == 201
+            # LISTEN/NOTIFY through a second connection.
+            notified = loop.create_future()
+            await conn.add_listener("ch", lambda *args: notified.set_result(args[-1]))
+            other = await asyncpg.connect(host=postgres, user="postgres", database="postgres")
+            await other.execute("NOTIFY ch, 'hello'")
+            assert await notified == "hello"
+            await other.close()
+            # A query past its timeout is cancelled (a cancel request on a new connection).
+            with pytest.raises(asyncio.TimeoutError):
+                await conn.execute("SELECT pg_sleep(30)", timeout=0.2)
+            assert await conn.fetchval("SELECT 'still usable'") == "still usable"
+        finally:
+            await conn.close()
+        async with asyncpg.create_pool(
+            host=postgres, user="postgres", database="postgres", min_size=2, max_size=4
+        ) as pool:
+            results = await asyncio.gather(
+                *(pool.fetchval("SELECT $1::int * 2", i) for i in range(40))
+            )
+            assert results == [i * 2 for i in range(40)]
+
+    run(loop, main())

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Libraries built on asyncio that tests/test_libraries.py runs on ferroloop.
-LIBRARY_TEST_DEPS := aiohttp websockets uvicorn starlette twisted asyncpg blockbuster
+LIBRARY_TEST_DEPS := aiohttp websockets uvicorn starlette "twisted[tls]" asyncpg blockbuster
 
 .PHONY: help venv develop build test test-rust test-py lint fmt conformance bench clean
 

@@ -34,9 +34,30 @@ def _listening_socket():
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-def test_aiohttp_server_and_client(loop, tls):
+def test_aiohttp_server_and_client(loop, tls, tmp_path):
     aiohttp = pytest.importorskip("aiohttp")
     from aiohttp import web
+
+    static = payload(2 << 20, seed=5)  # served with loop.sendfile (TLS: its fallback)
+    (tmp_path / "big.bin").write_bytes(static)
+
+    async def stream(request):
+        # A chunked response, written piece by piece.
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for i in range(50):
+            await response.write(b"chunk%d;" % i)
+        await response.write_eof()
+        return response
+
+    async def count(request):
+        # A chunked request body, read as it arrives.
+        assert request.headers.get("Transfer-Encoding") == "chunked"
+        total = 0
+        async for piece in request.content.iter_any():
+            total += len(piece)
+        return web.Response(text=str(total))
 
     async def hello(request):
         return web.Response(text="hello " + request.match_info["name"])
@@ -54,7 +75,14 @@ def test_aiohttp_server_and_client(loop, tls):
     async def main():
         app = web.Application(client_max_size=8 << 20)
         app.add_routes(
-            [web.get("/hello/{name}", hello), web.post("/echo", echo), web.get("/ws", shout)]
+            [
+                web.get("/hello/{name}", hello),
+                web.post("/echo", echo),
+                web.get("/ws", shout),
+                web.get("/stream", stream),
+                web.post("/count", count),
+                web.static("/static", tmp_path),
+            ]
         )
         runner = web.AppRunner(app)
         await runner.setup()
@@ -72,6 +100,23 @@ def test_aiohttp_server_and_client(loop, tls):
                 body = payload(3 << 20)
                 async with session.post(f"{base}/echo", data=body, ssl=ssl) as r:
                     assert await r.read() == body
+                async with session.get(f"{base}/stream", ssl=ssl) as r:
+                    assert r.headers["Transfer-Encoding"] == "chunked"
+                    assert await r.read() == b"".join(b"chunk%d;" % i for i in range(50))
+
+                async def pieces():
+                    for _ in range(64):
+                        yield payload(10_000)
+
+                async with session.post(f"{base}/count", data=pieces(), ssl=ssl) as r:
+                    assert await r.text() == str(64 * 10_000)
+                async with session.get(f"{base}/static/big.bin", ssl=ssl) as r:
+                    assert r.status == 200
+                    assert await r.read() == static
+                ranged = {"Range": "bytes=1000-1999"}
+                async with session.get(f"{base}/static/big.bin", headers=ranged, ssl=ssl) as r:
+                    assert r.status == 206
+                    assert await r.read() == static[1000:2000]
                 ws_url = f"{'wss' if tls else 'ws'}://localhost:{port}/ws"
                 async with session.ws_connect(ws_url, ssl=ssl) as ws:
                     for i in range(20):
@@ -159,10 +204,69 @@ def test_uvicorn_serves_starlette(loop):
     run(loop, main())
 
 
+def test_uvicorn_websocket_and_graceful_shutdown(loop):
+    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("websockets")
+    aiohttp = pytest.importorskip("aiohttp")
+
+    async def app(scope, receive, send):
+        # A raw ASGI app: a WebSocket that upper-cases text, and a slow HTTP response that
+        # is in flight when the server is told to exit.
+        if scope["type"] == "websocket":
+            assert (await receive())["type"] == "websocket.connect"
+            await send({"type": "websocket.accept"})
+            while (message := await receive())["type"] == "websocket.receive":
+                await send({"type": "websocket.send", "text": message["text"].upper()})
+            return
+        assert scope["type"] == "http"
+        await receive()
+        started.set_result(None)
+        await release
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"finished"})
+
+    async def main():
+        nonlocal started, release
+        started, release = loop.create_future(), loop.create_future()
+        sock = _listening_socket()
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="websockets-sansio")
+        server = uvicorn.Server(config)
+        serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+        try:
+            while not server.started:
+                assert not serving.done(), serving.exception()
+                await asyncio.sleep(0.01)  # uvicorn has no startup event to await
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+                    for i in range(10):
+                        await ws.send_str(f"m{i}")
+                        assert (await ws.receive()).data == f"M{i}"
+                slow = asyncio.ensure_future(session.get(f"http://127.0.0.1:{port}/slow"))
+                await started
+                server.should_exit = True  # graceful: the request in flight completes
+                await asyncio.sleep(0.2)  # nothing to await: the server must not be done
+                assert not serving.done()
+                release.set_result(None)
+                async with await slow as r:
+                    assert await r.read() == b"finished"
+            await serving
+            with pytest.raises(OSError):
+                await asyncio.open_connection("127.0.0.1", port)
+        finally:
+            server.should_exit = True
+            await serving
+            sock.close()
+
+    started = release = None
+    run(loop, main())
+
+
 # -- Twisted ------------------------------------------------------------------------------
 
 # The asyncio reactor is installed once per process, so each loop gets its own interpreter.
-_TWISTED_ECHO = textwrap.dedent(
+# argv: loop kind, server certificate, server key, CA certificate.
+_TWISTED_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
     if sys.argv[1] == "ferroloop":
@@ -173,8 +277,11 @@ _TWISTED_ECHO = textwrap.dedent(
     asyncio.set_event_loop(loop)
     from twisted.internet import asyncioreactor
     asyncioreactor.install(loop)
-    from twisted.internet import defer, protocol, reactor
-    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+    from twisted.internet import defer, protocol, reactor, ssl
+    from twisted.internet.endpoints import (
+        SSL4ClientEndpoint, SSL4ServerEndpoint, TCP4ClientEndpoint, TCP4ServerEndpoint,
+        connectProtocol,
+    )
 
     PAYLOAD = bytes(range(256)) * 1000
 
@@ -191,20 +298,51 @@ _TWISTED_ECHO = textwrap.dedent(
             if len(self.received) >= len(PAYLOAD):
                 self.done.callback(self.received)
 
+    class Child(protocol.ProcessProtocol):
+        def __init__(self):
+            self.out = b""
+            self.ended = defer.Deferred()
+        def connectionMade(self):
+            self.transport.write(PAYLOAD)
+            self.transport.closeStdin()
+        def outReceived(self, data):
+            self.out += data
+        def processEnded(self, reason):
+            self.ended.callback(reason.value.exitCode)
+
+    @defer.inlineCallbacks
+    def echo(server_endpoint, client_endpoint_for):
+        port = yield server_endpoint.listen(protocol.Factory.forProtocol(Echo))
+        client = Client()
+        yield connectProtocol(client_endpoint_for(port.getHost().port), client)
+        client.transport.write(PAYLOAD)
+        received = yield client.done
+        assert received == PAYLOAD, "echo differs"
+        client.transport.loseConnection()
+        yield port.stopListening()
+        return len(received)
+
     @defer.inlineCallbacks
     def main():
         try:
-            endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
-            port = yield endpoint.listen(protocol.Factory.forProtocol(Echo))
-            client = Client()
-            target = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
-            yield connectProtocol(target, client)
-            client.transport.write(PAYLOAD)
-            received = yield client.done
-            assert received == PAYLOAD, "echo differs"
-            client.transport.loseConnection()
-            yield port.stopListening()
-            print("echoed", len(received), type(loop).__module__)
+            tcp = yield echo(
+                TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"),
+                lambda port: TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+            )
+            with open(sys.argv[2]) as c, open(sys.argv[3]) as k, open(sys.argv[4]) as ca:
+                server_cert = ssl.PrivateCertificate.loadPEM(c.read() + k.read())
+                authority = ssl.Certificate.loadPEM(ca.read())
+            client_options = ssl.optionsForClientTLS("localhost", trustRoot=authority)
+            tls = yield echo(
+                SSL4ServerEndpoint(reactor, 0, server_cert.options(), interface="127.0.0.1"),
+                lambda port: SSL4ClientEndpoint(reactor, "127.0.0.1", port, client_options),
+            )
+            child = Child()
+            reactor.spawnProcess(child, sys.executable, [sys.executable, "-c",
+                "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read()[::-1])"])
+            code = yield child.ended
+            assert code == 0 and child.out == PAYLOAD[::-1], (code, len(child.out))
+            print("tcp", tcp, "tls", tls, "process", len(child.out), type(loop).__module__)
         finally:
             reactor.stop()
 
@@ -214,10 +352,23 @@ _TWISTED_ECHO = textwrap.dedent(
 )
 
 
-def test_twisted_asyncio_reactor(loop_kind):
+def test_twisted_asyncio_reactor_tcp_tls_process(loop_kind):
     pytest.importorskip("twisted")
+    pytest.importorskip("OpenSSL", reason="Twisted's TLS needs pyOpenSSL (twisted[tls])")
+    pytest.importorskip("service_identity", reason="Twisted's TLS needs service_identity")
+    from _tlskit import certs
+
+    paths = certs()
     done = subprocess.run(
-        [sys.executable, "-c", _TWISTED_ECHO, loop_kind],
+        [
+            sys.executable,
+            "-c",
+            _TWISTED_SCRIPT,
+            loop_kind,
+            paths.server_pem,
+            paths.server_key,
+            paths.ca_pem,
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -225,8 +376,9 @@ def test_twisted_asyncio_reactor(loop_kind):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     module = "ferroloop" if loop_kind == "ferroloop" else "asyncio"
-    assert done.stdout.split()[:2] == ["echoed", str(256 * 1000)]
-    assert done.stdout.split()[2].startswith(module)
+    words = done.stdout.split()
+    assert words[:6] == ["tcp", "256000", "tls", "256000", "process", "256000"], words
+    assert words[6].startswith(module)
 
 
 # -- blockbuster --------------------------------------------------------------------------

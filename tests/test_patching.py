@@ -150,3 +150,21 @@ def test_server_and_transports_have_asyncio_public_names(loop):
 
     missing = run(loop, main())
     assert missing == {name: [] for name in missing}
+
+
+def test_tls_transport_private_attributes_libraries_read(loop):
+    # aiohttp's tests read transport._ssl_protocol._sslcontext; others _app_transport.
+    from _tlskit import SERVER_CN, address_of, client_context, tls_serving
+
+    async def main():
+        ctx = client_context()
+        async with tls_serving(loop, Echo) as server:
+            transport, _ = await loop.create_connection(
+                Recorder, *address_of(server), ssl=ctx, server_hostname=SERVER_CN
+            )
+            layer = transport._ssl_protocol
+            assert layer._sslcontext is ctx
+            assert layer._app_transport is transport
+            transport.abort()
+
+    run(loop, main())

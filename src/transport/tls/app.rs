@@ -206,6 +206,13 @@ impl TlsTransport {
         }
     }
 
+    /// asyncio's `_SSLProtocolTransport._ssl_protocol` (libraries and tests read its
+    /// `_sslcontext`, `_sslobj`, `_app_transport`): the TLS layer; None once released.
+    #[getter]
+    fn _ssl_protocol(&self, py: Python<'_>) -> Option<Py<TlsProtocol>> {
+        self.proto(py).map(Bound::unbind)
+    }
+
     #[getter]
     fn _protocol_paused(&self, py: Python<'_>) -> bool {
         self.proto(py)

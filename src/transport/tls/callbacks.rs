@@ -127,6 +127,26 @@ impl TlsProtocol {
         Self::app_transport(slf)
     }
 
+    /// asyncio's `SSLProtocol._sslcontext` (aiohttp's tests read it): the `SSLContext`.
+    #[getter]
+    fn _sslcontext(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(self
+            .extra
+            .bind(py)
+            .get_item("sslcontext")?
+            .map(Bound::unbind))
+    }
+
+    /// asyncio's `SSLProtocol._sslobj`: the `SSLObject`, once the handshake is done.
+    #[getter]
+    fn _sslobj(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        Ok(self
+            .extra
+            .bind(py)
+            .get_item("ssl_object")?
+            .map(Bound::unbind))
+    }
+
     fn connection_made(slf: &Bound<'_, Self>, transport: Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let native = transport

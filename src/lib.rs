@@ -32,6 +32,7 @@ mod sock_ops;
 mod sys;
 pub mod timers;
 mod transport;
+pub mod write_buffer;
 
 use pyo3::prelude::*;
 

@@ -21,6 +21,7 @@
 )]
 
 mod attach;
+mod buffers;
 mod errors;
 mod event_loop;
 mod freelist;

@@ -14,13 +14,13 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use crate::attach::SafeCall;
+use crate::buffers::RawBuffer;
 use crate::errors::{os_error, try_vec};
 use crate::event_loop::CoreLoop;
 use crate::poller::Side;
@@ -87,21 +87,11 @@ fn recv_into(
     fd: RawFd,
     buf: &Bound<'_, PyAny>,
 ) -> PyResult<std::io::Result<usize>> {
-    let pybuf = PyBuffer::<u8>::get(buf)?;
-    if pybuf.readonly() || !pybuf.is_c_contiguous() {
-        return Err(pyo3::exceptions::PyTypeError::new_err(
-            "recv_into() argument must be a writable contiguous buffer",
-        ));
-    }
-    let len = pybuf.len_bytes();
-    // SAFETY: the buffer is writable and C-contiguous (checked), `len` bytes long, and
-    // `pybuf` keeps the exporter's view alive until it is dropped below; no Python code runs
-    // while the slice is borrowed.
-    let slice = unsafe { std::slice::from_raw_parts_mut(pybuf.buf_ptr().cast::<u8>(), len) };
-    let r = recv(fd, slice);
-    drop(pybuf);
     let _ = py;
-    Ok(r)
+    // Any writable C-contiguous buffer, as its raw bytes; no Python code runs while it is
+    // borrowed.
+    let mut pybuf = RawBuffer::writable(buf, "recv_into() argument 1")?;
+    Ok(recv(fd, pybuf.as_mut_slice()))
 }
 
 fn io_attempt<T>(r: std::io::Result<T>, done: impl FnOnce(T) -> Py<PyAny>) -> Attempt {

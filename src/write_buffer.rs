@@ -104,14 +104,6 @@ impl WriteBuffer {
     }
 }
 
-/// `data` copied into a new vector, or the allocation failure.
-pub fn try_copy(data: &[u8]) -> Result<Vec<u8>, TryReserveError> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(data.len())?;
-    v.extend_from_slice(data);
-    Ok(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,11 +179,5 @@ mod tests {
         assert_eq!(b.pending(), b"bc");
         b.extend(b"d").unwrap();
         assert_eq!(b.pending(), b"bcd");
-    }
-
-    #[test]
-    fn try_copy_copies() {
-        assert_eq!(try_copy(b"xyz").unwrap(), b"xyz");
-        assert!(try_copy(b"").unwrap().is_empty());
     }
 }

@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mio::{Events, Poll, Registry, Token, Waker};
-use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -851,16 +850,13 @@ impl CoreLoop {
             }
             (sent, &bytes[sent..])
         } else {
-            let buf = PyBuffer::<u8>::get(data)?;
-            if !buf.is_c_contiguous() {
-                // The general path: `socket.send` says what it thinks of that buffer.
+            // Any C-contiguous buffer, whatever its item format, as its raw bytes; anything
+            // else takes the general path, where `socket.send` says what it thinks of it.
+            let Ok(buf) = crate::buffers::RawBuffer::readable(data) else {
                 return Ok(py.NotImplemented());
-            }
-            // SAFETY: the buffer is C-contiguous and `len_bytes()` long, and `buf` keeps
-            // the exporter's view alive while the slice is used below, where no Python
-            // code runs.
-            let bytes =
-                unsafe { std::slice::from_raw_parts(buf.buf_ptr().cast::<u8>(), buf.len_bytes()) };
+            };
+            // No Python code runs while the slice is used.
+            let bytes = buf.as_slice();
             let sent = sock_ops::first_send(fd, bytes)?;
             if sent == bytes.len() {
                 return Ok(py.None());

@@ -56,12 +56,23 @@ impl CoreLoop {
         Ok(())
     }
 
-    /// Turns a registered transport's writable interest on or off.
-    pub fn transport_modify(&self, py: Python<'_>, fd: RawFd, write: bool) -> PyResult<()> {
+    /// Turns a registered transport's writable interest on or off: `owner` (its
+    /// `Transport::identity`) must be the transport registered for `fd`, else the fd
+    /// number is another transport's now and nothing is done.
+    pub fn transport_modify(
+        &self,
+        py: Python<'_>,
+        owner: *const (),
+        fd: RawFd,
+        write: bool,
+    ) -> PyResult<()> {
         let st = self.state.borrow(py);
         let Some(registry) = st.registry.as_ref() else {
             return Ok(());
         };
+        if !st.transports.get(&fd).is_some_and(|t| t.is_at(owner)) {
+            return Ok(());
+        }
         let interest = if write {
             mio::Interest::READABLE | mio::Interest::WRITABLE
         } else {
@@ -76,11 +87,17 @@ impl CoreLoop {
             .map_err(os_error)
     }
 
-    /// Forgets a transport's socket (it is about to be closed).
-    pub fn transport_unregister(&self, py: Python<'_>, fd: RawFd) {
+    /// Forgets a transport's socket (it is about to be closed), if `owner` is the
+    /// transport registered for `fd`. `held`: its socket object still holds the fd; if not
+    /// (closed by its owner), the kernel already dropped the registration and the number
+    /// may be registered for another socket now, which must not be touched.
+    pub fn transport_unregister(&self, py: Python<'_>, owner: *const (), fd: RawFd, held: bool) {
         let old = {
             let mut st = self.state.borrow_mut(py);
-            if let Some(registry) = st.registry.as_ref() {
+            if !st.transports.get(&fd).is_some_and(|t| t.is_at(owner)) {
+                return;
+            }
+            if let (Some(registry), true) = (st.registry.as_ref(), held) {
                 let _ = registry.deregister(&mut mio::unix::SourceFd(&fd));
             }
             let st = &mut *st;
@@ -263,10 +280,15 @@ impl CoreLoop {
 
     /// Queues a turn of reading for a transport.
     pub fn push_transport_read(&self, py: Python<'_>, transport: NativeTransport) {
+        self.push_transport_turn(py, transport, Side::Read);
+    }
+
+    /// Queues a turn of reading or writing for a transport.
+    pub fn push_transport_turn(&self, py: Python<'_>, transport: NativeTransport, side: Side) {
         self.state
             .borrow_mut(py)
             .ready
-            .push_back(transport.turn(Side::Read));
+            .push_back(transport.turn(side));
     }
 }
 

@@ -9,8 +9,10 @@
 //! sends at once when nothing is queued, else queues the datagram with its address, with
 //! asyncio's flow control over the queued bytes. IPv4/IPv6 addresses given as numeric
 //! tuples are converted in Rust; anything else (host names, Unix paths) goes through the
-//! socket object's own `sendto`/`recvfrom`.
+//! socket object's own `sendto`/`recvfrom`, as does everything for a socket whose class
+//! overrides those methods (see `sock_io`).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
@@ -21,15 +23,18 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
 
+use super::sock_io::{self, Access};
 use super::{
     call_flow_control, close, connection_lost, copy_context, fatal_error, force_close, in_context,
     is_base_exit, set_interest, Common, NativeTransport, Transport,
     LOG_THRESHOLD_FOR_CONNLOST_WRITES,
 };
 use crate::attach::SafeCall;
-use crate::errors::os_error;
+use crate::buffers::RawBuffer;
+use crate::errors::{os_error, try_copy};
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilCell;
+use crate::poller::Side;
 use crate::sys::{recvfrom, sendto, with_scratch, would_block, RawAddr};
 use std::cell::{Ref, RefMut};
 
@@ -37,6 +42,8 @@ use std::cell::{Ref, RefMut};
 const MAX_DATAGRAM: usize = 256 * 1024;
 /// Datagrams delivered per turn before yielding to the rest of the loop.
 const MAX_BATCH: usize = 32;
+/// Socket methods asyncio's datagram transport calls (see `sock_io`).
+const SOCKET_METHODS: &[&str] = &["recvfrom", "sendto", "send"];
 
 /// Where a queued datagram goes.
 enum Dest {
@@ -58,8 +65,9 @@ struct State {
 #[pyclass(frozen, weakref, dict, module = "ferroloop._ferroloop")]
 pub struct DatagramTransport {
     fd: RawFd,
-    /// The socket is AF_INET or AF_INET6 (addresses convert in Rust).
-    inet: bool,
+    /// The socket is AF_INET or AF_INET6 and reached by syscalls (addresses convert in
+    /// Rust); else everything goes through the socket object's methods.
+    raw: bool,
     /// `extra['peername']` is set: send with `send`, not `sendto`.
     connected: bool,
     state: GilCell<State>,
@@ -98,7 +106,10 @@ fn py_addr<'py>(py: Python<'py>, addr: &SocketAddr) -> PyResult<Bound<'py, PyAny
 enum Received {
     Datagram(Py<PyAny>, Py<PyAny>),
     Again,
+    /// An `OSError`, for `error_received`.
     Error(PyErr),
+    /// Anything else a socket method raised: fatal to the transport.
+    Fatal(PyErr),
 }
 
 impl Transport for DatagramTransport {
@@ -113,8 +124,16 @@ impl Transport for DatagramTransport {
     }
     fn discard_buffer(&self, py: Python<'_>) {
         let mut st = self.state.borrow_mut(py);
-        st.queue.clear();
+        st.queue = VecDeque::new();
         st.queued = 0;
+    }
+    fn holds_fd(&self, py: Python<'_>) -> bool {
+        let access = if self.raw {
+            Access::Raw
+        } else {
+            Access::Methods
+        };
+        sock_io::holds(py, access, self.sock_obj(py).as_ref(), self.fd)
     }
 }
 
@@ -127,11 +146,19 @@ impl DatagramTransport {
         self.state.borrow(py).c.closing
     }
 
+    /// The fd for a syscall: the one the socket object holds now (-1, so `EBADF`, once the
+    /// caller closed it; see `sock_io`). For raw access only.
+    #[inline]
+    fn io_fd(&self, py: Python<'_>) -> RawFd {
+        sock_io::current_fd(self.state.borrow(py).c.sock.as_ref())
+    }
+
     fn receive(slf: &Bound<'_, Self>) -> PyResult<Received> {
         let py = slf.py();
         let this = slf.get();
-        if !this.inet {
-            // Unix datagram sockets: the socket object knows how to spell the address.
+        if !this.raw {
+            // Unix datagram sockets (the socket object knows how to spell the address), or
+            // a class overriding `recvfrom`.
             let sock = this.sock_obj(py);
             let Some(sock) = sock else {
                 return Ok(Received::Again);
@@ -151,11 +178,12 @@ impl DatagramTransport {
                     Ok(Received::Again)
                 }
                 Err(e) if e.is_instance_of::<PyOSError>(py) => Ok(Received::Error(e)),
-                Err(e) => Err(e),
+                Err(e) if is_base_exit(py, &e) => Err(e),
+                Err(e) => Ok(Received::Fatal(e)),
             };
         }
         let got = with_scratch(MAX_DATAGRAM, |buf| {
-            recvfrom(this.fd, buf).map(|(n, addr)| (PyBytes::new(py, &buf[..n]), addr))
+            recvfrom(this.io_fd(py), buf).map(|(n, addr)| (PyBytes::new(py, &buf[..n]), addr))
         });
         match got {
             Ok((data, addr)) => {
@@ -179,12 +207,20 @@ impl DatagramTransport {
             if st.c.conn_lost > 0 || st.c.closing || !st.c.registered {
                 return Ok(());
             }
-            (st.c.context.clone_ref(py), st.c.protocol.clone_ref(py))
+            // (as `Bound`s: dropping them needs no check of the interpreter lock)
+            (
+                st.c.context.bind(py).clone(),
+                st.c.protocol.bind(py).clone(),
+            )
         };
-        let full_batch = in_context(py, &context, || {
+        let result = in_context(py, context.as_unbound(), || {
             for _ in 0..MAX_BATCH {
                 let (method, args) = match Self::receive(slf)? {
                     Received::Again => return Ok(false),
+                    Received::Fatal(e) => {
+                        fatal_error(slf, e, "Fatal read error on datagram transport")?;
+                        return Ok(false);
+                    }
                     Received::Datagram(data, addr) => (
                         intern!(py, "datagram_received"),
                         PyTuple::new(py, [data, addr])?,
@@ -194,7 +230,7 @@ impl DatagramTransport {
                         PyTuple::new(py, [e.into_value(py).into_any()])?,
                     ),
                 };
-                if let Err(e) = protocol.bind(py).safe_method(method, args, None) {
+                if let Err(e) = protocol.safe_method(method, args, None) {
                     if is_base_exit(py, &e) {
                         return Err(e);
                     }
@@ -212,14 +248,24 @@ impl DatagramTransport {
                 }
             }
             Ok(true)
-        })?;
-        if full_batch {
-            this.loop_of(py)
-                .bind(py)
-                .get()
-                .push_transport_read(py, NativeTransport::Datagram(slf.clone().unbind()));
+        });
+        // Another turn after a full batch; also if KeyboardInterrupt or SystemExit escaped
+        // the protocol: running the loop again must deliver what is left (asyncio's reader
+        // stays registered), and no new edge will say it is there.
+        if !matches!(result, Ok(false)) {
+            Self::push_turn(slf, Side::Read);
         }
-        Ok(())
+        result.map(drop)
+    }
+
+    fn push_turn(slf: &Bound<'_, Self>, side: Side) {
+        let py = slf.py();
+        let t = NativeTransport::Datagram(slf.clone().unbind());
+        slf.get()
+            .loop_of(py)
+            .bind(py)
+            .get()
+            .push_transport_turn(py, t, side);
     }
 
     /// An exception from a protocol callback: to the loop's exception handler.
@@ -245,28 +291,39 @@ impl DatagramTransport {
         let py = slf.py();
         let this = slf.get();
         let result = match dest {
-            Dest::Peer => sendto(this.fd, data, None),
-            Dest::Raw(a) => sendto(this.fd, data, Some(a)),
-            Dest::Py(addr) => {
-                let sock = this.sock_obj(py);
-                let Some(sock) = sock else { return Ok(true) };
-                return match sock.bind(py).safe_method(
-                    intern!(py, "sendto"),
-                    (PyBytes::new(py, data), addr),
-                    None,
-                ) {
-                    Ok(_) => Ok(true),
-                    Err(e) if e.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py) => {
-                        Ok(false)
-                    }
-                    Err(e) => Err(e),
-                };
-            }
+            Dest::Peer if this.raw => sendto(this.io_fd(py), data, None),
+            Dest::Raw(a) => sendto(this.io_fd(py), data, Some(a)),
+            // asyncio's connected endpoint calls `sock.send(data)`.
+            Dest::Peer => return Self::send_by_method(slf, data, None),
+            Dest::Py(addr) => return Self::send_by_method(slf, data, Some(addr)),
         };
         match result {
             Ok(_) => Ok(true),
             Err(e) if would_block(&e) => Ok(false),
             Err(e) => Err(os_error(e)),
+        }
+    }
+
+    /// `sock.send(data)` (no address) or `sock.sendto(data, addr)`.
+    fn send_by_method(
+        slf: &Bound<'_, Self>,
+        data: &[u8],
+        addr: Option<&Py<PyAny>>,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        let Some(sock) = slf.get().sock_obj(py) else {
+            return Ok(true);
+        };
+        let (sock, data) = (sock.bind(py), PyBytes::new(py, data));
+        let sent = match addr {
+            None => sock.safe_method1(intern!(py, "send"), data),
+            Some(addr) => sock.safe_method(intern!(py, "sendto"), (data, addr), None),
+        };
+        match sent {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py) => Ok(false),
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -318,13 +375,23 @@ impl DatagramTransport {
             if st.c.conn_lost > 0 || st.queue.is_empty() {
                 return Ok(());
             }
-            st.c.context.clone_ref(py)
+            st.c.context.bind(py).clone()
         };
-        in_context(py, &context, || {
+        let result = in_context(py, context.as_unbound(), || {
             loop {
-                let item = this.state.borrow_mut(py).queue.pop_front();
+                let item = {
+                    let mut st = this.state.borrow_mut(py);
+                    if st.c.conn_lost > 0 {
+                        // (closed by a socket method or error_received meanwhile)
+                        return Ok(());
+                    }
+                    let item = st.queue.pop_front();
+                    if let Some((data, _)) = &item {
+                        st.queued -= data.len();
+                    }
+                    item
+                };
                 let Some((data, dest)) = item else { break };
-                this.state.borrow_mut(py).queued -= data.len();
                 match Self::send_one(slf, &data, &dest) {
                     Ok(true) => {}
                     Ok(false) => {
@@ -333,22 +400,46 @@ impl DatagramTransport {
                         st.queue.push_front((data, dest));
                         break;
                     }
-                    Err(e) => return Self::send_failed(slf, e),
+                    Err(e) => {
+                        Self::send_failed(slf, e)?;
+                        // asyncio goes on at the next writable report, and none comes
+                        // for a socket that stays writable: another turn.
+                        if this.has_queued(py) {
+                            Self::push_turn(slf, Side::Write);
+                        }
+                        return Ok(());
+                    }
                 }
             }
-            Self::flow_control(slf, false)?;
+            // resume_writing() may send (queue) more or close: decide from the state after
+            // it, and finish this turn even if it raises KeyboardInterrupt or SystemExit.
+            let resumed = Self::flow_control(slf, false);
             let (empty, closing) = {
                 let st = this.state.borrow(py);
+                if st.c.conn_lost > 0 {
+                    return resumed;
+                }
                 (st.queue.is_empty(), st.c.closing)
             };
             if empty {
                 set_interest(this, py, true, false)?;
                 if closing {
-                    return DatagramTransport::_call_connection_lost(slf, None);
+                    DatagramTransport::_call_connection_lost(slf, None)?;
                 }
             }
-            Ok(())
-        })
+            resumed
+        });
+        if result.is_err() && this.has_queued(py) {
+            // KeyboardInterrupt or SystemExit escaped: running the loop again goes on.
+            Self::push_turn(slf, Side::Write);
+        }
+        result
+    }
+
+    /// Datagrams wait in the queue of a transport still open.
+    fn has_queued(&self, py: Python<'_>) -> bool {
+        let st = self.state.borrow(py);
+        st.c.conn_lost == 0 && !st.queue.is_empty()
     }
 }
 
@@ -376,9 +467,11 @@ impl DatagramTransport {
             Some(p) => p.is_truthy()?,
             None => false,
         };
+        let inet = family == libc::AF_INET || family == libc::AF_INET6;
+        let access = sock_io::choose(py, &sock, fd, false, SOCKET_METHODS)?;
         Ok(DatagramTransport {
             fd,
-            inet: family == libc::AF_INET || family == libc::AF_INET6,
+            raw: inet && access == Access::Raw,
             connected,
             state: GilCell::new(State {
                 c: Common::new(event_loop, sock, protocol, extra, copy_context(py)?),
@@ -428,19 +521,29 @@ impl DatagramTransport {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        // `bytes` are used in place; a mutable buffer is copied (it may change meanwhile).
-        let copied: Vec<u8>;
-        let bytes: &[u8] = if let Ok(b) = data.cast::<PyBytes>() {
-            b.as_bytes()
+        // `bytes` are used in place; another buffer is copied (it may change meanwhile), as
+        // its raw bytes whatever its item format.
+        let mut not_contiguous = None;
+        let payload: Cow<'_, [u8]> = if let Ok(b) = data.cast::<PyBytes>() {
+            Cow::Borrowed(b.as_bytes())
         } else if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-            copied = pyo3::buffer::PyBuffer::<u8>::get(data)?.to_vec(py)?;
-            &copied
+            match RawBuffer::readable(data) {
+                Ok(buf) => Cow::Owned(try_copy(buf.as_slice())?),
+                Err(e) => {
+                    // asyncio's `sock.sendto(data)` refuses it (fatal: BufferError); a
+                    // datagram that has to wait in the queue is kept as `bytes(data)`.
+                    not_contiguous = Some(e);
+                    let copy = data.safe_method0(intern!(py, "tobytes"))?;
+                    Cow::Owned(try_copy(copy.cast::<PyBytes>()?.as_bytes())?)
+                }
+            }
         } else {
             return Err(PyTypeError::new_err(format!(
                 "data argument must be a bytes-like object, not '{}'",
                 data.get_type().name()?
             )));
         };
+        let bytes: &[u8] = &payload;
         // 3.13+ sends an empty datagram; 3.12 and older send nothing.
         if bytes.is_empty() && py.version_info() < (3, 13) {
             return Ok(());
@@ -481,7 +584,7 @@ impl DatagramTransport {
             Dest::Peer
         } else {
             match &addr {
-                Some(a) if this.inet => match raw_addr(a) {
+                Some(a) if this.raw => match raw_addr(a) {
                     Some(raw) => Dest::Raw(raw),
                     None => Dest::Py(a.clone().unbind()),
                 },
@@ -491,16 +594,24 @@ impl DatagramTransport {
         };
         let idle = this.state.borrow(py).queue.is_empty();
         if idle {
+            if let Some(e) = not_contiguous {
+                return Self::send_failed(slf, e);
+            }
             match Self::send_one(slf, bytes, &dest) {
                 Ok(true) => return Ok(()),
                 Ok(false) => set_interest(this, py, true, true)?,
                 Err(e) => return Self::send_failed(slf, e),
             }
         }
+        let len = bytes.len();
+        let data = match payload {
+            Cow::Owned(v) => v,
+            Cow::Borrowed(b) => try_copy(b)?,
+        };
         {
             let mut st = this.state.borrow_mut(py);
-            st.queued += bytes.len();
-            st.queue.push_back((bytes.to_vec(), dest));
+            st.queued += len;
+            st.queue.push_back((data, dest));
         }
         Self::flow_control(slf, true)
     }

@@ -3,6 +3,7 @@
 //! transport's context, and the enum the loop keeps them in.
 
 pub mod datagram;
+pub mod sock_io;
 pub mod stream;
 pub mod tls;
 
@@ -54,6 +55,14 @@ impl NativeTransport {
         match self {
             NativeTransport::Stream(t) => t.get().fd(),
             NativeTransport::Datagram(t) => t.get().fd(),
+        }
+    }
+
+    /// Whether this is the transport whose Rust struct is at `ptr`.
+    pub fn is_at(&self, ptr: *const ()) -> bool {
+        match self {
+            NativeTransport::Stream(t) => std::ptr::eq(t.get() as *const _ as *const (), ptr),
+            NativeTransport::Datagram(t) => std::ptr::eq(t.get() as *const _ as *const (), ptr),
         }
     }
 
@@ -146,6 +155,15 @@ pub trait Transport: pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::True>
     fn common_mut(&self, py: Python<'_>) -> RefMut<'_, Common>;
     /// Drops whatever is queued for writing (a forced close).
     fn discard_buffer(&self, py: Python<'_>);
+    /// Whether the socket object still holds the fd (the caller may have closed it, and
+    /// the number may be another socket's now). Takes no borrow of the state while it
+    /// calls into Python.
+    fn holds_fd(&self, py: Python<'_>) -> bool;
+
+    /// Identifies the transport in the loop's fd map (see `NativeTransport::is_at`).
+    fn identity(&self) -> *const () {
+        self as *const Self as *const ()
+    }
 
     fn loop_of(&self, py: Python<'_>) -> Py<CoreLoop> {
         self.common(py).event_loop.clone_ref(py)
@@ -158,7 +176,8 @@ pub trait Transport: pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::True>
 }
 
 /// Turns writable interest on or off, or with neither side wanted, forgets the
-/// registration for good (the transport is stopping).
+/// registration for good (the transport is stopping). The poller is only told while the
+/// fd is still the transport's (see `CoreLoop::transport_modify`).
 pub fn set_interest<T: Transport>(t: &T, py: Python<'_>, read: bool, write: bool) -> PyResult<()> {
     let event_loop = {
         let mut c = t.common_mut(py);
@@ -175,11 +194,16 @@ pub fn set_interest<T: Transport>(t: &T, py: Python<'_>, read: bool, write: bool
         }
         c.event_loop.clone_ref(py)
     };
+    let held = t.holds_fd(py);
     let core = event_loop.bind(py).get();
     if read || write {
-        core.transport_modify(py, t.fd(), write)
+        if !held {
+            // Closed under us: the kernel dropped the registration with the fd.
+            return Ok(());
+        }
+        core.transport_modify(py, t.identity(), t.fd(), write)
     } else {
-        core.transport_unregister(py, t.fd());
+        core.transport_unregister(py, t.identity(), t.fd(), held);
         Ok(())
     }
 }
@@ -269,11 +293,12 @@ pub fn connection_lost<T: Transport>(slf: &Bound<'_, T>, exc: Option<Py<PyAny>>)
     };
     set_interest(this, py, false, false)?;
     // Forget the fd before the socket closes and its number can be reused.
+    let held = this.holds_fd(py);
     let event_loop = this.common(py).event_loop.clone_ref(py);
     event_loop
         .bind(py)
         .get()
-        .transport_unregister(py, this.fd());
+        .transport_unregister(py, this.identity(), this.fd(), held);
     // Runs in the caller's context: a loop callback's own, or the write turn's.
     let result = if connected {
         protocol

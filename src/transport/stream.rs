@@ -12,33 +12,41 @@
 //! FIFO order as asyncio's reader handles. One `recv` per turn, as asyncio does: a read that
 //! fills the whole buffer queues another turn for the next iteration (more may be waiting and
 //! no new edge will say so); a shorter read drained the socket, and the next edge reports new
-//! data. Resuming reading queues a turn for the same reason.
+//! data. Resuming reading queues a turn for the same reason, and so does a read whose
+//! protocol callback let `KeyboardInterrupt`/`SystemExit` escape (asyncio's level-triggered
+//! reader reads on when the loop runs again). The write side is in `stream/write.rs`.
 //!
 //! Closing follows asyncio: `close()` stops reading, lets the buffer drain, then calls
 //! `connection_lost(None)` on the next iteration and closes the socket right after.
+//!
+//! The socket is reached as `sock_io` decides: raw syscalls while the socket object still
+//! holds the fd, or the object's own methods when its class overrides them.
 
 use std::os::fd::RawFd;
 
-use pyo3::buffer::PyBuffer;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView};
+use pyo3::types::{PyByteArray, PyBytes, PyDict};
 
 use crate::attach::SafeCall;
-use crate::errors::os_error;
+use crate::buffers::RawBuffer;
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilCell;
-use crate::sys::{read_fd, recv, send, with_scratch, would_block, write_fd, writev};
+use crate::poller::Side;
+use crate::sys::{read_fd, recv, send, with_scratch, write_fd};
+use crate::write_buffer::WriteBuffer;
 
+use super::sock_io::{self, py_io, Access, IoErr};
 use super::tls::TlsProtocol;
 use super::{
-    asyncio_class, call_flow_control, close, connection_lost, copy_context, fatal_error,
-    force_close, in_context, is_base_exit, schedule_connection_lost, set_interest, Common,
-    NativeTransport, Transport, LOG_THRESHOLD_FOR_CONNLOST_WRITES,
+    asyncio_class, close, connection_lost, copy_context, fatal_error, force_close, in_context,
+    is_base_exit, schedule_connection_lost, set_interest, Common, NativeTransport, Transport,
 };
 use std::cell::{Ref, RefMut};
+
+mod write;
 
 /// Bytes asked of each `recv` (asyncio's `max_size`).
 const MAX_READ: usize = 256 * 1024;
@@ -54,13 +62,18 @@ enum Reader {
     None,
 }
 
+/// A `Reader`'s callables for one turn.
+enum ReaderRef<'py> {
+    Data(Bound<'py, PyAny>),
+    Buffered(Bound<'py, PyAny>, Bound<'py, PyAny>),
+    Tls(Bound<'py, TlsProtocol>),
+}
+
 struct State {
     c: Common,
     reader: Reader,
     server: Option<Py<PyAny>>,
-    buffer: Vec<u8>,
-    /// Bytes at the front of `buffer` already sent.
-    sent: usize,
+    buffer: WriteBuffer,
     paused: bool,
     /// The peer's EOF arrived and the protocol kept the connection open: stop reading.
     read_eof: bool,
@@ -76,9 +89,13 @@ struct State {
 
 impl State {
     fn buffered(&self) -> usize {
-        self.buffer.len() - self.sent
+        self.buffer.len()
     }
 }
+
+/// Socket methods asyncio's stream transport calls: a class overriding any of them gets
+/// them called (see `sock_io`).
+const SOCKET_METHODS: &[&str] = &["recv", "recv_into", "send", "sendmsg", "shutdown"];
 
 /// What the fd is: a connected socket, or one end of a pipe (or a character device).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -106,6 +123,7 @@ impl Kind {
 pub struct StreamTransport {
     fd: RawFd,
     kind: Kind,
+    access: Access,
     state: GilCell<State>,
 }
 
@@ -137,6 +155,10 @@ fn make_reader(py: Python<'_>, kind: Kind, protocol: &Bound<'_, PyAny>) -> PyRes
     }
 }
 
+fn empty_buffer() -> PyErr {
+    PyRuntimeError::new_err("get_buffer() returned an empty buffer")
+}
+
 impl Transport for StreamTransport {
     fn fd(&self) -> RawFd {
         self.fd
@@ -148,9 +170,10 @@ impl Transport for StreamTransport {
         RefMut::map(self.state.borrow_mut(py), |s| &mut s.c)
     }
     fn discard_buffer(&self, py: Python<'_>) {
-        let mut st = self.state.borrow_mut(py);
-        st.buffer = Vec::new();
-        st.sent = 0;
+        self.state.borrow_mut(py).buffer.clear();
+    }
+    fn holds_fd(&self, py: Python<'_>) -> bool {
+        sock_io::holds(py, self.access, self.sock_obj(py).as_ref(), self.fd)
     }
 }
 
@@ -159,18 +182,58 @@ impl StreamTransport {
         self.fd
     }
 
-    fn read_some(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self.kind {
-            Kind::Socket => recv(self.fd, buf),
-            _ => read_fd(self.fd, buf),
+    /// The fd for a syscall: for a socket, the one its object holds now (-1 once the
+    /// caller closed it, whose number may be another connection's by now: the syscall then
+    /// fails with `EBADF`, as `sock.send` does). No Python code may run between this and
+    /// the syscall.
+    #[inline]
+    fn io_fd(&self, st: &State) -> RawFd {
+        match self.access {
+            Access::Raw => sock_io::current_fd(st.c.sock.as_ref()),
+            _ => self.fd,
         }
     }
 
-    fn write_some(&self, buf: &[u8]) -> std::io::Result<usize> {
+    #[inline]
+    fn io_fd_now(&self, py: Python<'_>) -> RawFd {
+        self.io_fd(&self.state.borrow(py))
+    }
+
+    /// One read syscall on `fd` (not for `Access::Methods`).
+    #[inline]
+    fn sys_read(&self, fd: RawFd, buf: &mut [u8]) -> std::io::Result<usize> {
         match self.kind {
-            Kind::Socket => send(self.fd, buf),
-            _ => write_fd(self.fd, buf),
+            Kind::Socket => recv(fd, buf),
+            _ => read_fd(fd, buf),
         }
+    }
+
+    /// One write syscall on `fd` (not for `Access::Methods`).
+    #[inline]
+    fn sys_write(&self, fd: RawFd, buf: &[u8]) -> std::io::Result<usize> {
+        match self.kind {
+            Kind::Socket => send(fd, buf),
+            _ => write_fd(fd, buf),
+        }
+    }
+
+    /// The socket object, for `Access::Methods` (`EBADF` once the transport closed it).
+    fn method_sock<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>, IoErr> {
+        match self.sock_obj(py) {
+            Some(s) => Ok(s.into_bound(py)),
+            None => Err(IoErr::Os(sock_io::ebadf())),
+        }
+    }
+
+    /// A read or write syscall (or socket method) failed: KeyboardInterrupt and SystemExit
+    /// propagate, anything else is fatal to the transport.
+    fn io_failed(slf: &Bound<'_, Self>, e: IoErr, what: &str) -> PyResult<()> {
+        let e = e.into_pyerr();
+        if is_base_exit(slf.py(), &e) {
+            return Err(e);
+        }
+        let msg = format!("Fatal {what} error on {} transport", slf.get().kind.noun());
+        fatal_error(slf, e, &msg)
     }
 
     pub fn is_closing(&self, py: Python<'_>) -> bool {
@@ -207,51 +270,78 @@ impl StreamTransport {
             }
             return Ok(());
         }
-        let (context, reader) = {
+        // (the fd is read here: no Python code runs before the read syscall, except for a
+        // `BufferedProtocol`'s `get_buffer`, after which it is read again)
+        let (context, reader, fd) = {
             let st = this.state.borrow(py);
             if st.c.conn_lost > 0 || st.c.closing || st.paused || st.read_eof || !st.c.registered {
                 return Ok(());
             }
+            // (as `Bound`s: dropping them needs no check of the interpreter lock)
             let reader = match &st.reader {
-                Reader::Data(f) => Reader::Data(f.clone_ref(py)),
-                Reader::Buffered(g, u) => Reader::Buffered(g.clone_ref(py), u.clone_ref(py)),
-                Reader::Tls(t) => Reader::Tls(t.clone_ref(py)),
+                Reader::Data(f) => ReaderRef::Data(f.bind(py).clone()),
+                Reader::Buffered(g, u) => {
+                    ReaderRef::Buffered(g.bind(py).clone(), u.bind(py).clone())
+                }
+                Reader::Tls(t) => ReaderRef::Tls(t.bind(py).clone()),
                 Reader::None => return Ok(()),
             };
-            (st.c.context.clone_ref(py), reader)
+            (st.c.context.bind(py).clone(), reader, this.io_fd(&st))
         };
-        let again = in_context(py, &context, || match reader {
-            Reader::Data(data_received) => Self::read_data(slf, data_received.bind(py)),
-            Reader::Buffered(get_buffer, updated) => {
-                Self::read_buffered(slf, get_buffer.bind(py), updated.bind(py))
+        let result = in_context(py, context.as_unbound(), || match reader {
+            ReaderRef::Data(data_received) => Self::read_data(slf, &data_received, fd),
+            ReaderRef::Buffered(get_buffer, updated) => {
+                Self::read_buffered(slf, &get_buffer, &updated)
             }
-            Reader::Tls(tls) => Self::read_tls(slf, tls.bind(py)),
-            Reader::None => Ok(false),
-        })?;
-        if again {
-            let event_loop = this.loop_of(py);
-            event_loop
-                .bind(py)
-                .get()
-                .push_transport_read(py, NativeTransport::Stream(slf.clone().unbind()));
+            ReaderRef::Tls(tls) => Self::read_tls(slf, &tls, fd),
+        });
+        // Another turn if the read filled the buffer; also if KeyboardInterrupt or
+        // SystemExit escapes the protocol: running the loop again must read what is left
+        // (asyncio's reader stays registered), and no new edge will say it is there.
+        if !matches!(result, Ok(false)) {
+            Self::push_turn(slf, Side::Read);
         }
-        Ok(())
+        result.map(drop)
+    }
+
+    /// Queues a turn of reading or writing at the end of the loop's ready queue.
+    fn push_turn(slf: &Bound<'_, Self>, side: Side) {
+        let py = slf.py();
+        let t = NativeTransport::Stream(slf.clone().unbind());
+        slf.get()
+            .loop_of(py)
+            .bind(py)
+            .get()
+            .push_transport_turn(py, t, side);
     }
 
     /// Returns whether another turn should be queued (the read filled the buffer).
-    fn read_data(slf: &Bound<'_, Self>, data_received: &Bound<'_, PyAny>) -> PyResult<bool> {
+    /// `fd`: from `io_fd`, just before.
+    fn read_data(
+        slf: &Bound<'_, Self>,
+        data_received: &Bound<'_, PyAny>,
+        fd: RawFd,
+    ) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
-        let result = with_scratch(MAX_READ, |buf| {
-            this.read_some(buf)
-                .map(|n| (n, (n > 0).then(|| PyBytes::new(py, &buf[..n]))))
-        });
+        let result = if this.access == Access::Methods {
+            this.method_sock(py).and_then(|sock| {
+                let data = py_io(sock.safe_method1(intern!(py, "recv"), MAX_READ))?;
+                let n = py_io(data.len())?;
+                Ok((n, (n > 0).then_some(data)))
+            })
+        } else {
+            with_scratch(MAX_READ, |buf| {
+                this.sys_read(fd, buf)
+                    .map(|n| (n, (n > 0).then(|| PyBytes::new(py, &buf[..n]).into_any())))
+            })
+            .map_err(IoErr::Os)
+        };
         let (len, data) = match result {
             Ok(r) => r,
-            Err(e) if would_block(&e) => return Ok(false),
+            Err(e) if e.would_block(py) => return Ok(false),
             Err(e) => {
-                let msg = format!("Fatal read error on {} transport", slf.get().kind.noun());
-                fatal_error(slf, os_error(e), &msg)?;
+                Self::io_failed(slf, e, "read")?;
                 return Ok(false);
             }
         };
@@ -266,27 +356,47 @@ impl StreamTransport {
             fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.")?;
             return Ok(false);
         }
-        Ok(len == MAX_READ || slf.get().hangup(py))
+        Ok(len == MAX_READ || this.read_again(py))
+    }
+
+    /// Whether to read again after a read that did not fill the buffer: after a hang-up
+    /// (no further edge comes), or through socket methods (which may return less than
+    /// there is).
+    fn read_again(&self, py: Python<'_>) -> bool {
+        self.access == Access::Methods || self.hangup(py)
     }
 
     /// One `recv` straight into the TLS layer's incoming BIO (no `bytes` in between), then
     /// the TLS state machine runs. Its failures are reported as asyncio's TLS protocol's
     /// are (it is a `BufferedProtocol` there).
-    fn read_tls(slf: &Bound<'_, Self>, tls: &Bound<'_, TlsProtocol>) -> PyResult<bool> {
+    fn read_tls(slf: &Bound<'_, Self>, tls: &Bound<'_, TlsProtocol>, fd: RawFd) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
-        // No Python code runs in `feed`, so the scratch buffer is not re-entered.
-        let result = with_scratch(MAX_READ, |buf| match this.read_some(buf) {
-            Ok(n) => Ok(tls.get().feed(py, &buf[..n]).map(|()| n)),
-            Err(e) => Err(e),
-        });
+        let result = if this.access == Access::Methods {
+            // asyncio's TLS layer is a `BufferedProtocol`: `sock.recv_into(its buffer)`.
+            // A fresh buffer each time: the method may keep a reference to it.
+            this.method_sock(py).and_then(|sock| {
+                let buf = PyByteArray::new(py, &[0; MAX_READ]);
+                let n: usize = py_io(
+                    sock.safe_method1(intern!(py, "recv_into"), &buf)
+                        .and_then(|n| n.extract()),
+                )?;
+                let data = buf.to_vec();
+                Ok(tls.get().feed(py, &data[..n.min(data.len())]).map(|()| n))
+            })
+        } else {
+            // No Python code runs in `feed`, so the scratch buffer is not re-entered.
+            with_scratch(MAX_READ, |buf| match this.sys_read(fd, buf) {
+                Ok(n) => Ok(tls.get().feed(py, &buf[..n]).map(|()| n)),
+                Err(e) => Err(IoErr::Os(e)),
+            })
+        };
         let n = match result {
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Self::buffered_protocol_failed(slf, e),
-            Err(e) if would_block(&e) => return Ok(false),
+            Err(e) if e.would_block(py) => return Ok(false),
             Err(e) => {
-                let msg = format!("Fatal read error on {} transport", this.kind.noun());
-                fatal_error(slf, os_error(e), &msg)?;
+                Self::io_failed(slf, e, "read")?;
                 return Ok(false);
             }
         };
@@ -297,7 +407,7 @@ impl StreamTransport {
         if let Err(e) = TlsProtocol::after_feed(tls) {
             return Self::buffered_protocol_failed(slf, e);
         }
-        Ok(n == MAX_READ || this.hangup(py))
+        Ok(n == MAX_READ || this.read_again(py))
     }
 
     fn buffered_protocol_failed(slf: &Bound<'_, Self>, e: PyErr) -> PyResult<bool> {
@@ -318,40 +428,51 @@ impl StreamTransport {
         buffer_updated: &Bound<'_, PyAny>,
     ) -> PyResult<bool> {
         let py = slf.py();
-        let buf = match get_buffer.safe_call1(-1).and_then(|b| {
-            let pybuf = PyBuffer::<u8>::get(&b)?;
-            if pybuf.readonly() || !pybuf.is_c_contiguous() {
-                return Err(PyTypeError::new_err(
-                    "get_buffer() must return a writable contiguous buffer",
-                ));
+        let this = slf.get();
+        // asyncio: `buf = get_buffer(-1)`, refused if empty, then `sock.recv_into(buf)`.
+        let empty = |b: &Bound<'_, PyAny>| b.len().map(|n| n == 0);
+        let obj = match get_buffer.safe_call1(-1).and_then(|b| {
+            // (for a buffer, the same as its length in bytes: checked below without a call)
+            if this.access == Access::Methods && empty(&b)? {
+                return Err(empty_buffer());
             }
-            if pybuf.len_bytes() == 0 {
-                return Err(PyRuntimeError::new_err(
-                    "get_buffer() returned an empty buffer",
-                ));
-            }
-            Ok(pybuf)
+            Ok(b)
         }) {
             Ok(b) => b,
-            Err(e) if is_base_exit(py, &e) => return Err(e),
-            Err(e) => {
-                fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed.")?;
-                return Ok(false);
-            }
+            Err(e) => return Self::get_buffer_failed(slf, e),
         };
-        let cap = buf.len_bytes();
-        // SAFETY: the buffer is writable and C-contiguous (checked above), `cap` bytes long,
-        // and `buf` keeps the exporter's view alive for the duration of the call. No Python
-        // code runs while the slice is borrowed.
-        let slice = unsafe { std::slice::from_raw_parts_mut(buf.buf_ptr().cast::<u8>(), cap) };
-        let result = slf.get().read_some(slice);
-        drop(buf);
+        // (`cap`: the buffer's length in bytes, when known)
+        let (result, cap) = if this.access == Access::Methods {
+            let result = this.method_sock(py).and_then(|sock| {
+                py_io(
+                    sock.safe_method1(intern!(py, "recv_into"), &obj)
+                        .and_then(|n| n.extract::<usize>()),
+                )
+            });
+            (result, None)
+        } else {
+            let mut buf = match RawBuffer::writable(&obj, "recv_into() argument 1") {
+                Ok(b) if b.len() == 0 => return Self::get_buffer_failed(slf, empty_buffer()),
+                Ok(b) => b,
+                Err(e) => match empty(&obj) {
+                    Ok(true) => return Self::get_buffer_failed(slf, empty_buffer()),
+                    Err(e) => return Self::get_buffer_failed(slf, e),
+                    Ok(false) => {
+                        Self::io_failed(slf, IoErr::Py(e), "read")?;
+                        return Ok(false);
+                    }
+                },
+            };
+            // No Python code runs while the buffer is borrowed.
+            let fd = this.io_fd_now(py);
+            let result = this.sys_read(fd, buf.as_mut_slice()).map_err(IoErr::Os);
+            (result, Some(buf.len()))
+        };
         let n = match result {
             Ok(n) => n,
-            Err(e) if would_block(&e) => return Ok(false),
+            Err(e) if e.would_block(py) => return Ok(false),
             Err(e) => {
-                let msg = format!("Fatal read error on {} transport", slf.get().kind.noun());
-                fatal_error(slf, os_error(e), &msg)?;
+                Self::io_failed(slf, e, "read")?;
                 return Ok(false);
             }
         };
@@ -370,7 +491,15 @@ impl StreamTransport {
             )?;
             return Ok(false);
         }
-        Ok(n == cap || slf.get().hangup(py))
+        Ok(cap == Some(n) || this.read_again(py))
+    }
+
+    fn get_buffer_failed(slf: &Bound<'_, Self>, e: PyErr) -> PyResult<bool> {
+        if is_base_exit(slf.py(), &e) {
+            return Err(e);
+        }
+        fatal_error(slf, e, "Fatal error: protocol.get_buffer() call failed.")?;
+        Ok(false)
     }
 
     fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -406,214 +535,6 @@ impl StreamTransport {
             Err(e) => fatal_error(slf, e, "Fatal error: protocol.eof_received() call failed."),
         }
     }
-
-    /// Sends buffered data, run from the loop's ready queue on writable readiness.
-    pub fn on_writable(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let context = {
-            let st = this.state.borrow(py);
-            if st.c.conn_lost > 0 || st.buffered() == 0 {
-                return Ok(());
-            }
-            st.c.context.clone_ref(py)
-        };
-        in_context(py, &context, || Self::flush(slf))
-    }
-
-    fn flush(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let result = {
-            let st = this.state.borrow(py);
-            this.write_some(&st.buffer[st.sent..])
-        };
-        match result {
-            Err(e) if would_block(&e) => Ok(()),
-            Err(e) => {
-                let waiter = {
-                    let mut st = this.state.borrow_mut(py);
-                    st.buffer = Vec::new();
-                    st.sent = 0;
-                    st.empty_waiter.as_ref().map(|w| w.clone_ref(py))
-                };
-                set_interest(this, py, true, false)?;
-                let err = os_error(e);
-                if let Some(w) = waiter {
-                    let value = err.clone_ref(py).into_value(py);
-                    w.bind(py)
-                        .safe_method1(intern!(py, "set_exception"), value)?;
-                }
-                let msg = format!("Fatal write error on {} transport", this.kind.noun());
-                fatal_error(slf, err, &msg)
-            }
-            Ok(n) => {
-                let (empty, closing, eof) = {
-                    let mut st = this.state.borrow_mut(py);
-                    st.sent += n;
-                    if st.sent == st.buffer.len() {
-                        st.buffer.clear();
-                        st.sent = 0;
-                    } else if st.sent > st.buffer.len() / 2 {
-                        let sent = st.sent;
-                        st.buffer.drain(..sent);
-                        st.sent = 0;
-                    }
-                    (st.buffered() == 0, st.c.closing, st.eof)
-                };
-                Self::maybe_resume_protocol(slf)?;
-                if empty {
-                    set_interest(this, py, true, false)?;
-                    let waiter = this
-                        .state
-                        .borrow(py)
-                        .empty_waiter
-                        .as_ref()
-                        .map(|w| w.clone_ref(py));
-                    if let Some(w) = waiter {
-                        let w = w.bind(py);
-                        if !w.safe_method0(intern!(py, "done"))?.is_truthy()? {
-                            w.safe_method1(intern!(py, "set_result"), py.None())?;
-                        }
-                    }
-                    if closing {
-                        return Self::call_connection_lost_now(slf, None);
-                    } else if eof {
-                        Self::shutdown_write(slf)?;
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn shutdown_write(slf: &Bound<'_, Self>) -> PyResult<()> {
-        // SAFETY: shutting down the write side of the transport's own socket.
-        let rc = unsafe { libc::shutdown(slf.get().fd, libc::SHUT_WR) };
-        if rc < 0 {
-            let e = std::io::Error::last_os_error();
-            // A peer that already went away is not an error for write_eof.
-            if e.raw_os_error() != Some(libc::ENOTCONN) {
-                return Err(os_error(e));
-            }
-        }
-        Ok(())
-    }
-
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::flow_control(slf, true)
-    }
-
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::flow_control(slf, false)
-    }
-
-    fn flow_control(slf: &Bound<'_, Self>, pause: bool) -> PyResult<()> {
-        let py = slf.py();
-        let (event_loop, protocol) = {
-            let mut st = slf.get().state.borrow_mut(py);
-            let size = st.buffered();
-            let due = if pause {
-                st.c.flow.pause_due(size)
-            } else {
-                st.c.flow.resume_due(size)
-            };
-            if !due {
-                return Ok(());
-            }
-            (st.c.event_loop.clone_ref(py), st.c.protocol.clone_ref(py))
-        };
-        let name = if pause {
-            "pause_writing"
-        } else {
-            "resume_writing"
-        };
-        call_flow_control(event_loop.bind(py).as_any(), slf.as_any(), &protocol, name)
-    }
-
-    fn call_connection_lost_now(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
-        StreamTransport::_call_connection_lost(slf, exc)
-    }
-
-    /// `write` of a byte slice (also how a TLS layer above hands over its records).
-    pub(crate) fn write_bytes(slf: &Bound<'_, Self>, data: &[u8]) -> PyResult<()> {
-        if !Self::write_allowed(slf, data.is_empty())? {
-            return Ok(());
-        }
-        let outcome = slf.get().send_or_buffer(slf.py(), data);
-        Self::after_write(slf, outcome)
-    }
-
-    /// asyncio's checks before a write. `Ok(false)`: drop the data silently (nothing to
-    /// send, or the connection is lost, counting such writes and warning as asyncio does).
-    fn write_allowed(slf: &Bound<'_, Self>, empty: bool) -> PyResult<bool> {
-        let py = slf.py();
-        let this = slf.get();
-        let mut st = this.state.borrow_mut(py);
-        if st.eof {
-            return Err(PyRuntimeError::new_err(
-                "Cannot call write() after write_eof()",
-            ));
-        }
-        if st.empty_waiter.is_some() {
-            return Err(PyRuntimeError::new_err(
-                "unable to write; sendfile is in progress",
-            ));
-        }
-        if empty {
-            return Ok(false);
-        }
-        // A pipe also refuses writes once closing (asyncio's pipe transport does).
-        if st.c.conn_lost > 0 || (this.kind != Kind::Socket && st.c.closing) {
-            st.c.conn_lost += 1;
-            let warn = st.c.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES;
-            drop(st);
-            if warn {
-                let message = match this.kind {
-                    Kind::Socket => "socket.send() raised exception.",
-                    _ => "pipe closed by peer or os.write(pipe, data) raised exception.",
-                };
-                crate::handles::format_module(py)?
-                    .safe_method0(intern!(py, "logger"))?
-                    .safe_method1(intern!(py, "warning"), message)?;
-            }
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    /// Sends what the kernel takes now and buffers the rest; `Ok(true)` if something was
-    /// buffered. No Python code runs here, so `data` may point into a mutable buffer.
-    fn send_or_buffer(&self, py: Python<'_>, data: &[u8]) -> std::io::Result<bool> {
-        let mut rest = data;
-        if self.state.borrow(py).buffered() == 0 {
-            match self.write_some(data) {
-                Ok(n) if n == data.len() => return Ok(false),
-                Ok(n) => rest = &data[n..],
-                Err(e) if would_block(&e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.state.borrow_mut(py).buffer.extend_from_slice(rest);
-        Ok(true)
-    }
-
-    /// What follows a write: a failure is fatal; buffered data wants writable readiness and
-    /// may pause the protocol.
-    fn after_write(slf: &Bound<'_, Self>, outcome: std::io::Result<bool>) -> PyResult<()> {
-        let this = slf.get();
-        match outcome {
-            Ok(false) => Ok(()),
-            Ok(true) => {
-                set_interest(this, slf.py(), true, true)?;
-                Self::maybe_pause_protocol(slf)
-            }
-            Err(e) => {
-                let msg = format!("Fatal write error on {} transport", this.kind.noun());
-                fatal_error(slf, os_error(e), &msg)
-            }
-        }
-    }
 }
 
 #[pymethods]
@@ -647,6 +568,7 @@ impl StreamTransport {
         if fd < 0 {
             return Err(PyValueError::new_err("the socket is closed"));
         }
+        let access = sock_io::choose(py, &sock, fd, kind != Kind::Socket, SOCKET_METHODS)?;
         let reader = make_reader(py, kind, &protocol)?;
         let context = copy_context(py)?;
         // The caller (`Loop._make_socket_transport`) calls `server._attach(transport)`.
@@ -654,12 +576,12 @@ impl StreamTransport {
         Ok(StreamTransport {
             fd,
             kind,
+            access,
             state: GilCell::new(State {
                 c: Common::new(event_loop, sock, protocol, extra, context),
                 reader,
                 server: server.map(Bound::unbind),
-                buffer: Vec::new(),
-                sent: 0,
+                buffer: WriteBuffer::new(),
                 paused: false,
                 read_eof: false,
                 hangup: false,
@@ -714,76 +636,12 @@ impl StreamTransport {
     }
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        if let Ok(b) = data.cast::<PyBytes>() {
-            return Self::write_bytes(slf, b.as_bytes());
-        }
-        if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-            let buf = PyBuffer::<u8>::get(data)?;
-            if !Self::write_allowed(slf, buf.len_bytes() == 0)? {
-                return Ok(());
-            }
-            let outcome = if buf.is_c_contiguous() {
-                // SAFETY: the buffer is C-contiguous and `len_bytes` long; `buf` holds the
-                // export (so the object cannot be resized) until after the slice's last use,
-                // and no Python code runs while the slice lives (`send_or_buffer` only makes
-                // syscalls and copies what is left into our own buffer).
-                let slice = unsafe {
-                    std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes())
-                };
-                slf.get().send_or_buffer(py, slice)
-            } else {
-                let bytes = buf.to_vec(py)?;
-                slf.get().send_or_buffer(py, &bytes)
-            };
-            drop(buf);
-            return Self::after_write(slf, outcome);
-        }
-        Err(PyTypeError::new_err(format!(
-            "data argument must be a bytes-like object, not {:?}",
-            data.get_type().name()?.to_string()
-        )))
+        Self::write_object(slf, data)
     }
 
-    /// Writes a sequence of bytes-like objects. With nothing buffered and only `bytes`
-    /// items, they go out in one vectored write (no joined copy); what the socket does not
-    /// take is buffered as `write` would.
+    /// Writes a sequence of bytes-like objects.
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let items: Vec<Bound<'_, PyAny>> = list_of_data.try_iter()?.collect::<PyResult<_>>()?;
-        let idle = {
-            let st = this.state.borrow(py);
-            st.buffered() == 0 && !st.eof && st.empty_waiter.is_none() && st.c.conn_lost == 0
-        };
-        let all_bytes: Option<Vec<&[u8]>> = items
-            .iter()
-            .map(|i| i.cast::<PyBytes>().ok().map(|b| b.as_bytes()))
-            .collect();
-        let (Some(slices), true) = (all_bytes, idle && items.len() <= 1024) else {
-            let joined = PyBytes::new(py, b"").safe_method1(intern!(py, "join"), &items)?;
-            return Self::write(slf, &joined);
-        };
-        let total: usize = slices.iter().map(|s| s.len()).sum();
-        let sent = match writev(this.fd, &slices) {
-            Ok(n) => n,
-            Err(e) if would_block(&e) => 0,
-            Err(_) => 0, // `write_bytes` below meets the error again and reports it
-        };
-        if sent == total {
-            return Ok(());
-        }
-        let mut rest = Vec::with_capacity(total - sent);
-        let mut skip = sent;
-        for s in slices {
-            if skip >= s.len() {
-                skip -= s.len();
-            } else {
-                rest.extend_from_slice(&s[skip..]);
-                skip = 0;
-            }
-        }
-        Self::write_bytes(slf, &rest)
+        Self::write_sequence(slf, list_of_data)
     }
 
     fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -926,6 +784,17 @@ impl StreamTransport {
 
     fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
         self.state.borrow(py).buffered()
+    }
+
+    /// Bytes the write buffer has allocated (for tests).
+    fn _write_buffer_capacity(&self, py: Python<'_>) -> usize {
+        self.state.borrow(py).buffer.capacity()
+    }
+
+    /// Whether I/O goes through the socket object's methods (for tests).
+    #[getter]
+    fn _uses_socket_methods(&self) -> bool {
+        self.access == Access::Methods
     }
 
     #[getter]

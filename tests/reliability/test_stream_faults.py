@@ -18,6 +18,11 @@ from _tlskit import SERVER_CN, client_context, server_context, tls_serving
 KiB = 1 << 10
 
 
+def skip_asyncio_before_311(loop_kind):
+    if loop_kind == "asyncio" and sys.version_info < (3, 11):
+        pytest.skip("3.10's asyncio TLS layer predates the 3.11 sslproto that ferroloop follows")
+
+
 def digest(data):
     return hashlib.sha256(data).hexdigest()
 
@@ -278,7 +283,8 @@ def test_datagrams_go_on_after_keyboard_interrupt(loop, family):
         assert interrupted_then_run_again(loop, main) == messages
 
 
-def test_tls_reading_goes_on_after_keyboard_interrupt(loop):
+def test_tls_reading_goes_on_after_keyboard_interrupt(loop, loop_kind):
+    skip_asyncio_before_311(loop_kind)
     data = payload(1 * MiB, 22)
     servers = []
 
@@ -456,7 +462,7 @@ async def recv_exactly(sock, n):
     return got
 
 
-def test_write_takes_any_contiguous_buffer_as_raw_bytes(loop):
+def test_write_takes_any_contiguous_buffer_as_raw_bytes(loop, loop_kind):
     a, b = socket.socketpair()
     b.setblocking(False)
 
@@ -466,9 +472,12 @@ def test_write_takes_any_contiguous_buffer_as_raw_bytes(loop):
             for name, buf, raw in formatted_buffers():
                 t.write(buf)
                 assert await recv_exactly(b, len(raw)) == raw, name
-            t.writelines([buf for _, buf, _ in formatted_buffers()])
-            everything = b"".join(raw for _, _, raw in formatted_buffers())
-            assert await recv_exactly(b, len(everything)) == everything
+            # asyncio 3.12+'s writelines counts what sendmsg sent in items of the buffers,
+            # not bytes, and fails the transport (IndexError): checked elsewhere only.
+            if loop_kind == "ferroloop" or sys.version_info < (3, 12):
+                t.writelines([buf for _, buf, _ in formatted_buffers()])
+                everything = b"".join(raw for _, _, raw in formatted_buffers())
+                assert await recv_exactly(b, len(everything)) == everything
             t.abort()
             await p.lost
 
@@ -825,8 +834,9 @@ def test_socket_methods_of_a_subclass_under_tls(loop):
             return sock
 
     sock = run(loop, main())
-    # asyncio's TLS layer is a BufferedProtocol of the transport below: recv_into.
-    assert sock.moved["recv_into"] > len(data)
+    # asyncio's TLS layer is a BufferedProtocol of the transport below (recv_into; recv
+    # on 3.10).
+    assert sock.moved["recv_into"] + sock.moved["recv"] > len(data)
     assert sock.moved["send"] + sock.moved["sendmsg"] > len(data)
 
 

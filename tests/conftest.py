@@ -115,13 +115,20 @@ def _time_limit(request):
 
 @pytest.fixture(autouse=True)
 def _restore_asyncio_global_state():
-    """Undo changes a test makes to the event loop policy and asyncgen hooks."""
-    policy = asyncio.get_event_loop_policy()
+    """Undo changes a test makes to the event loop policy and asyncgen hooks.
+
+    The policy is saved as asyncio holds it (None until first needed), read and written
+    directly: the public functions are deprecated from Python 3.14 and would warn.
+    """
+    events = asyncio.events
+    has_policy = hasattr(events, "_event_loop_policy")
+    policy = events._event_loop_policy if has_policy else None
     hooks = sys.get_asyncgen_hooks()
     try:
         yield
     finally:
-        asyncio.set_event_loop_policy(policy)
+        if has_policy:
+            events._event_loop_policy = policy
         sys.set_asyncgen_hooks(*hooks)
 
 

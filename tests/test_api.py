@@ -5,7 +5,10 @@ skipped when ferroloop cannot be imported.
 """
 
 import asyncio
+import inspect
+import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -17,6 +20,23 @@ pytestmark = pytest.mark.ferroloop_only
 async def running_loop():
     await asyncio.sleep(0)
     return asyncio.get_running_loop()
+
+
+def current_policy():
+    """asyncio's current policy, read without the deprecation warning of 3.14+."""
+    get = getattr(asyncio.events, "_get_event_loop_policy", asyncio.get_event_loop_policy)
+    return get()
+
+
+def run_python(code, *args):
+    """Run ``code`` in a child interpreter (this one) with every warning an error."""
+    return subprocess.run(
+        [sys.executable, "-W", "error", "-X", "dev", "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_loop_is_an_abstract_event_loop_subclass():
@@ -61,7 +81,8 @@ def test_loop_class_can_be_subclassed():
 
 def test_event_loop_policy():
     policy = ferroloop.EventLoopPolicy()
-    assert isinstance(policy, asyncio.AbstractEventLoopPolicy)
+    abstract = getattr(asyncio.events, "_AbstractEventLoopPolicy", None)
+    assert isinstance(policy, abstract or asyncio.AbstractEventLoopPolicy)
     loop = policy.new_event_loop()
     try:
         assert isinstance(loop, ferroloop.Loop)
@@ -72,7 +93,7 @@ def test_event_loop_policy():
 def test_install_makes_asyncio_use_ferroloop():
     # tests/conftest.py restores the previous policy after each test.
     ferroloop.install()
-    assert isinstance(asyncio.get_event_loop_policy(), ferroloop.EventLoopPolicy)
+    assert isinstance(current_policy(), ferroloop.EventLoopPolicy)
     loop = asyncio.new_event_loop()
     try:
         assert isinstance(loop, ferroloop.Loop)
@@ -197,3 +218,183 @@ def test_a_closed_loop_is_freed_without_the_garbage_collector():
         assert ref() is None
     finally:
         gc.enable()
+
+
+# -- imports and policies on every Python (policies are deprecated from 3.14, gone in 3.16) ---
+
+
+def test_import_is_silent_and_touches_no_policy():
+    # Under -W error: on 3.14+ building EventLoopPolicy at import made asyncio warn.
+    proc = run_python(
+        "import asyncio.events, ferroloop\n"
+        "assert 'EventLoopPolicy' not in vars(ferroloop), 'EventLoopPolicy made at import'\n"
+        "assert asyncio.events._event_loop_policy is None, 'a policy was created at import'\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_install_and_event_loop_policy_make_asyncio_warn_on_nobodys_behalf():
+    proc = run_python(
+        "import asyncio, ferroloop\n"
+        "assert ferroloop.EventLoopPolicy.__name__ == 'EventLoopPolicy'\n"
+        "assert ferroloop.EventLoopPolicy.__module__ == 'ferroloop'\n"
+        "ferroloop.install()\n"
+        "loop = asyncio.new_event_loop()\n"
+        "assert isinstance(loop, ferroloop.Loop), loop\n"
+        "loop.close()\n"
+        "async def main():\n"
+        "    return asyncio.get_running_loop()\n"
+        "assert isinstance(asyncio.run(main()), ferroloop.Loop)\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_users_own_deprecated_policy_call_still_warns():
+    if sys.version_info < (3, 14):
+        pytest.skip("policies are deprecated from Python 3.14")
+    with pytest.warns(DeprecationWarning, match="set_event_loop_policy"):
+        asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())
+
+
+def test_dir_and_all_name_event_loop_policy():
+    assert "EventLoopPolicy" in ferroloop.__all__
+    assert hasattr(ferroloop, "EventLoopPolicy")
+    with pytest.raises(AttributeError, match="no_such_name"):
+        ferroloop.no_such_name  # noqa: B018
+
+
+@pytest.fixture
+def without_policies(monkeypatch):
+    """Make ferroloop see a Python whose asyncio has no policies (3.16+)."""
+    from ferroloop import _policy
+
+    monkeypatch.setattr(_policy, "_POLICIES_DEPRECATED", True)
+    monkeypatch.setattr(_policy, "_policy_class", None)
+    monkeypatch.delattr(asyncio.events, "_get_event_loop_policy", raising=False)
+    monkeypatch.delattr(asyncio.events, "_set_event_loop_policy", raising=False)
+    monkeypatch.setattr(asyncio, "new_event_loop", asyncio.new_event_loop)
+    monkeypatch.setattr(asyncio.events, "new_event_loop", asyncio.events.new_event_loop)
+    assert not _policy.has_policies()
+    return _policy
+
+
+def test_without_policies_install_still_makes_asyncio_use_ferroloop(without_policies):
+    with pytest.raises(AttributeError, match="no longer has"):
+        ferroloop.EventLoopPolicy  # noqa: B018
+    assert not hasattr(ferroloop, "EventLoopPolicy")
+    ferroloop.install()
+    loop = asyncio.new_event_loop()
+    try:
+        assert isinstance(loop, ferroloop.Loop)
+    finally:
+        loop.close()
+
+
+def test_without_policies_the_helper_replaces_new_event_loop_and_undoes(without_policies):
+    stock = asyncio.new_event_loop
+    undo = without_policies.use_ferroloop_for_every_new_loop()
+    loop = asyncio.events.new_event_loop()
+    loop.close()
+    assert isinstance(loop, ferroloop.Loop)
+    undo()
+    assert asyncio.new_event_loop is stock
+
+
+def test_every_new_loop_helper_survives_a_policy_reset_and_undoes():
+    from ferroloop import _policy
+
+    before = asyncio.events._event_loop_policy
+    undo = _policy.use_ferroloop_for_every_new_loop()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert isinstance(asyncio.run(running_loop()), ferroloop.Loop)
+            # A program that resets the policy gets the default policy class: ours now.
+            getattr(asyncio.events, "_set_event_loop_policy", asyncio.set_event_loop_policy)(None)
+            assert isinstance(asyncio.run(running_loop()), ferroloop.Loop)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            assert asyncio.DefaultEventLoopPolicy is ferroloop.EventLoopPolicy
+    finally:
+        undo()
+    assert asyncio.events._event_loop_policy is before
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert asyncio.DefaultEventLoopPolicy is not ferroloop.EventLoopPolicy
+    loop = asyncio.new_event_loop()
+    loop.close()
+    assert not isinstance(loop, ferroloop.Loop)
+
+
+# -- ferroloop.run: asyncio.run's signature and behaviour on each Python, and uvloop.run's ----
+
+
+def test_run_accepts_what_asyncio_run_accepts():
+    ours = inspect.signature(ferroloop.run).parameters
+    for name, param in inspect.signature(asyncio.run).parameters.items():
+        assert name in ours, name
+        assert ours[name].kind == param.kind, name
+
+
+def test_run_accepts_uvloop_run_arguments():
+    made = []
+
+    def factory():
+        made.append(ferroloop.new_event_loop())
+        return made[-1]
+
+    async def main():
+        loop = await running_loop()
+        return loop, loop.get_debug()
+
+    assert ferroloop.run(main(), loop_factory=factory, debug=True) == (made[0], True)
+    coro = asyncio.sleep(0)
+    with pytest.raises(TypeError, match="no_such_argument"):
+        ferroloop.run(coro, no_such_argument=1)
+    coro.close()
+
+
+class _Awaitable:
+    def __await__(self):
+        yield from asyncio.sleep(0).__await__()
+        return "awaited"
+
+
+@pytest.mark.parametrize("kind", ["awaitable", "not-awaitable", "future"])
+def test_run_treats_odd_arguments_as_asyncio_run_does(kind):
+    def outcome(run):
+        main = {"awaitable": _Awaitable, "not-awaitable": lambda: 42, "future": None}[kind]
+        if main is None:
+            main = asyncio.Future  # no loop at this point: fails the same way on both
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                return ("result", run(main()))
+            except Exception as exc:
+                return ("raised", type(exc))
+
+    assert outcome(ferroloop.run) == outcome(asyncio.run)
+
+
+def test_run_reports_a_task_failing_during_shutdown_as_asyncio_run_does():
+    def reports(run):
+        seen = []
+
+        async def stubborn():
+            try:
+                await asyncio.sleep(10)
+            finally:
+                raise ValueError("while cancelled")
+
+        async def main():
+            loop = asyncio.get_running_loop()
+            loop.set_exception_handler(lambda loop, ctx: seen.append(ctx["message"]))
+            task = loop.create_task(stubborn())
+            await asyncio.sleep(0)
+            return task
+
+        assert not run(main()).cancelled()
+        return seen
+
+    assert reports(ferroloop.run) == reports(asyncio.run)
+    assert reports(ferroloop.run) == ["unhandled exception during asyncio.run() shutdown"]

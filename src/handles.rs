@@ -21,6 +21,7 @@ use pyo3::PyTypeInfo;
 use crate::attach::{self, SafeCall};
 use crate::errors::is_base_exit;
 use crate::gil_cell::GilCell;
+use crate::threadsafe::HandleRun;
 use crate::timers::Cancellable;
 
 /// `ferroloop._format`, imported on first use.
@@ -145,6 +146,9 @@ pub struct Handle {
     /// Empty only while the handle waits in `SPARE` for reuse.
     context: GilCell<Option<HandleContext>>,
     cancelled: AtomicBool,
+    /// Whether this is a `call_soon_threadsafe` handle with 3.14's semantics, and the thread
+    /// running its callback (see `threadsafe`).
+    run_state: HandleRun,
     source_traceback: Option<Py<PyAny>>,
 }
 
@@ -264,6 +268,7 @@ impl Handle {
         let context = HandleContext::new(py, context)?;
         let this = handle.get();
         this.cancelled.store(false, Ordering::Relaxed);
+        this.run_state.reset();
         // The slots are empty (see `recycle`): assigning drops nothing.
         *this.callback.borrow_mut(py) = Some(Callback {
             func: func.unbind(),
@@ -318,8 +323,15 @@ impl Handle {
             keep_after_run: repeats || debug,
             context: GilCell::new(Some(context)),
             cancelled: AtomicBool::new(false),
+            run_state: HandleRun::new(),
             source_traceback,
         })
+    }
+
+    /// Gives the handle the semantics of asyncio's `_ThreadSafeHandle` (3.14+): `cancel()`
+    /// and `cancelled()` from another thread wait while the callback runs.
+    pub fn make_threadsafe(&self) {
+        self.run_state.make_threadsafe();
     }
 
     #[inline]
@@ -347,6 +359,9 @@ impl Handle {
         if this.is_cancelled() {
             return Ok(());
         }
+        // Until the callback has returned, other threads' cancel()/cancelled() of a
+        // thread-safe handle wait (nothing runs Python code between the check above and here).
+        let _running = this.run_state.start();
         let callback = if this.keep_after_run {
             this.callback.borrow(py).as_ref().map(|cb| Callback {
                 func: cb.func.clone_ref(py),
@@ -414,10 +429,12 @@ impl Handle {
 #[pymethods]
 impl Handle {
     fn cancel(&self, py: Python<'_>) {
+        self.run_state.wait_until_not_running(py);
         self.mark_cancelled(py);
     }
 
-    fn cancelled(&self) -> bool {
+    fn cancelled(&self, py: Python<'_>) -> bool {
+        self.run_state.wait_until_not_running(py);
         self.is_cancelled()
     }
 
@@ -436,6 +453,10 @@ impl Handle {
     #[getter]
     fn __class__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         static CLS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static THREADSAFE_CLS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        if self.run_state.is_threadsafe() {
+            return module_attr(py, &THREADSAFE_CLS, "asyncio.events", "_ThreadSafeHandle");
+        }
         asyncio_class(py, &CLS, "Handle")
     }
 

@@ -31,6 +31,7 @@ mod handles;
 pub mod poller;
 mod sock_ops;
 mod sys;
+mod threadsafe;
 pub mod timers;
 mod transport;
 pub mod write_buffer;

@@ -266,3 +266,65 @@ def test_loop_runs_in_a_non_main_thread(loop):
     assert running is loop
     assert address == ("127.0.0.1", 80)
     loop.run_until_complete(loop.shutdown_default_executor())
+
+
+# -- 3.14: call_soon_threadsafe's handle waits for a running callback (events._ThreadSafeHandle)
+
+needs_threadsafe_handles = pytest.mark.skipif(
+    not hasattr(asyncio.events, "_ThreadSafeHandle"),
+    reason="asyncio's call_soon_threadsafe handles lock around the run from Python 3.14",
+)
+
+
+@needs_threadsafe_handles
+@pytest.mark.parametrize("method", ["cancel", "cancelled"])
+def test_threadsafe_handle_waits_for_its_running_callback_in_other_threads(loop, method):
+    started = threading.Event()
+    calling = threading.Event()
+    finished = threading.Event()
+    seen = {}
+
+    def callback():
+        started.set()
+        calling.wait(FAR)
+        # The other thread is (about to be) inside cancel()/cancelled(): it must not return
+        # before this callback does. A short pause gives a wrong implementation the chance
+        # to show it; a right one waits however long this takes.
+        time.sleep(0.1)
+        seen["returned_early"] = "returned" in seen
+        finished.set()
+
+    def other_thread():
+        handle = loop.call_soon_threadsafe(callback)
+        seen["class"] = isinstance(handle, asyncio.events._ThreadSafeHandle)
+        started.wait(FAR)
+        calling.set()
+        seen["result"] = getattr(handle, method)()
+        seen["returned"] = finished.is_set()
+        loop.call_soon_threadsafe(loop.stop)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    loop.run_forever()
+    thread.join(FAR)
+    assert seen["class"]
+    assert seen["returned"] is True
+    assert seen["returned_early"] is False
+    if method == "cancelled":
+        assert seen["result"] is False
+
+
+@needs_threadsafe_handles
+def test_threadsafe_handle_cancelled_by_its_own_callback_does_not_wait(loop):
+    handles = concurrent.futures.Future()
+    seen = []
+
+    def callback():
+        handle = handles.result(FAR)
+        handle.cancel()  # on the thread running it: returns at once
+        seen.append(handle.cancelled())
+        loop.stop()
+
+    handles.set_result(loop.call_soon_threadsafe(callback))
+    loop.run_forever()
+    assert seen == [True]

@@ -961,6 +961,9 @@ impl CoreLoop {
             self.debug_checks(py, &callback, "call_soon_threadsafe", false)?;
         }
         let handle = self.new_handle(py, callback, Args::from_tuple(args), context, false)?;
+        if crate::threadsafe::asyncio_has_threadsafe_handles(py) {
+            handle.get().make_threadsafe();
+        }
         let st = &mut *self.state.borrow_mut(py);
         st.ready.push_back(ReadyItem::Handle(handle.clone_ref(py)));
         if self.sleeping.load(Ordering::SeqCst) && !self.wake_pending.swap(true, Ordering::SeqCst) {

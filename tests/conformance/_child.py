@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import asyncio.events
 import asyncio.unix_events
 import faulthandler
 import json
@@ -44,6 +45,12 @@ import traceback
 import unittest
 
 SUITE_PACKAGE = "test.test_asyncio"
+
+# Python 3.14 deprecates the event-loop policy system (3.16 removes it): the public names warn,
+# and the default policy class is unix_events' private ``_DefaultEventLoopPolicy``, which
+# ``asyncio.run`` and the package's deprecated ``DefaultEventLoopPolicy`` both look up. The
+# runner uses the private, silent names there, as asyncio itself does.
+POLICIES_DEPRECATED = sys.version_info >= (3, 14)
 
 # The suite's per-class loop hooks, by module: each concrete TestCase class in these modules builds
 # its loop by calling this method (e.g. ``asyncio.SelectorEventLoop(selectors.EpollSelector())``).
@@ -154,10 +161,15 @@ class LoopTracer:
 
 def install_loop(factory, loop_class) -> None:
     """Make every loop the suite builds through asyncio's public API a loop from ``factory``."""
+    stock_policy = (
+        asyncio.unix_events._DefaultEventLoopPolicy
+        if POLICIES_DEPRECATED
+        else asyncio.unix_events.DefaultEventLoopPolicy
+    )
 
     # A subclass of the stock Unix policy, so the child-watcher API (used by the subprocess tests
-    # and by ``close_loop``) stays exactly as the suite expects.
-    class ConformancePolicy(asyncio.unix_events.DefaultEventLoopPolicy):
+    # and by ``close_loop`` up to 3.13) stays exactly as the suite expects.
+    class ConformancePolicy(stock_policy):
         # BaseDefaultEventLoopPolicy.new_event_loop() calls self._loop_factory(); override both so
         # that nothing reaching either one can get a stdlib loop.
         _loop_factory = staticmethod(factory)
@@ -170,12 +182,17 @@ def install_loop(factory, loop_class) -> None:
     )
 
     # Many tests call ``asyncio.set_event_loop_policy(None)`` in tearDown / tearDownModule; asyncio
-    # then re-creates the policy from ``asyncio.DefaultEventLoopPolicy`` (events.py imports it from
-    # the package namespace). Replace that name, and its source in unix_events, so the default
-    # stays ours instead of falling back silently to the stdlib loop.
-    asyncio.DefaultEventLoopPolicy = ConformancePolicy
-    asyncio.unix_events.DefaultEventLoopPolicy = ConformancePolicy
-    asyncio.set_event_loop_policy(ConformancePolicy())
+    # then re-creates the policy from the default policy class: ``asyncio.DefaultEventLoopPolicy``
+    # up to 3.13 (events.py imports it from the package namespace), unix_events'
+    # ``_DefaultEventLoopPolicy`` from 3.14. Replace that name (and its source in unix_events), so
+    # the default stays ours instead of falling back silently to the stdlib loop.
+    if POLICIES_DEPRECATED:
+        asyncio.unix_events._DefaultEventLoopPolicy = ConformancePolicy
+        asyncio.events._set_event_loop_policy(ConformancePolicy())
+    else:
+        asyncio.DefaultEventLoopPolicy = ConformancePolicy
+        asyncio.unix_events.DefaultEventLoopPolicy = ConformancePolicy
+        asyncio.set_event_loop_policy(ConformancePolicy())
 
     # ``test.test_asyncio.utils.TestCase.new_test_loop(gen)`` builds the suite's virtual-clock
     # ``TestLoop``. Called *without* a time generator it is just "give me a loop", so route it.
@@ -232,15 +249,13 @@ def route_close_loop() -> None:
     from test import support
     from test.test_asyncio import utils as test_utils
 
+    original = test_utils.TestCase.close_loop
+
     def close_loop(loop):
         if isinstance(loop, asyncio.BaseEventLoop):
             # Stdlib loop: exactly the original code.
-            if loop._default_executor is not None:
-                if not loop.is_closed():
-                    loop.run_until_complete(loop.shutdown_default_executor())
-                else:
-                    loop._default_executor.shutdown(wait=True)
-        elif not loop.is_closed():
+            return original(loop)
+        if not loop.is_closed():
             # Public route. The stdlib path above runs the loop only if an executor exists; this
             # one always runs it, so first drop test doubles that the test put on the instance in
             # place of the loop's own methods (test_tasks' test_error_in_call_soon replaces
@@ -248,6 +263,8 @@ def route_close_loop() -> None:
             drop_instance_method_overrides(loop)
             loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
+        if POLICIES_DEPRECATED:
+            return None  # 3.14 removed the child watchers, and this wait with them
 
         # Unchanged from the original: wait (bounded) for subprocess-watcher threads.
         policy = support.maybe_get_event_loop_policy()
@@ -264,6 +281,7 @@ def route_close_loop() -> None:
                             raise RuntimeError(
                                 f"thread {thread} still alive: subprocess still running"
                             )
+        return None
 
     test_utils.TestCase.close_loop = staticmethod(close_loop)
 

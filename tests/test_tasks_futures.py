@@ -70,6 +70,28 @@ def test_create_task_context(loop):
     assert var.get() == "unset"
 
 
+def test_create_task_and_future_use_the_classes_asyncio_has_now(loop, monkeypatch):
+    # asyncio's loop looks tasks.Task and futures.Future up at each call; CPython's own tests
+    # (3.14's test_free_threading) swap in the pure-Python classes that way.
+    class MyTask(asyncio.tasks._PyTask):
+        pass
+
+    class MyFuture(asyncio.futures._PyFuture):
+        pass
+
+    async def main():
+        monkeypatch.setattr(asyncio.tasks, "Task", MyTask)
+        monkeypatch.setattr(asyncio.futures, "Future", MyFuture)
+        task = loop.create_task(asyncio.sleep(0, "done"))
+        future = loop.create_future()
+        future.set_result(await task)
+        return task, future
+
+    task, future = loop.run_until_complete(main())
+    assert type(task) is MyTask and task.result() == "done"
+    assert type(future) is MyFuture
+
+
 def test_create_task_on_a_closed_loop_raises(loop):
     loop.close()
     coro = asyncio.sleep(0)
@@ -93,7 +115,8 @@ def test_task_factory(loop):
     ctx = contextvars.copy_context()
     plain = loop.create_task(asyncio.sleep(0, "plain"), name="named")
     assert created[0][0] is loop
-    assert created[0][2] == {}
+    # 3.14's create_task hands every keyword to the factory; earlier ones name the task after.
+    assert created[0][2] == ({"name": "named"} if sys.version_info >= (3, 14) else {})
     assert plain.get_name() == "named"
     assert loop.run_until_complete(plain) == "plain"
     if sys.version_info >= (3, 11):  # create_task(context=) is new in 3.11

@@ -235,18 +235,42 @@ pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<i64> {
 
 /// `asyncio.Future` and `asyncio.Task` (the C implementations when CPython has them), and
 /// the keyword-names tuple `("loop",)` used to call them without building a dict.
+/// The namespaces that asyncio's own loop takes `Future` and `Task` from at each call
+/// (`futures.Future(loop=self)`, `tasks.Task(coro, loop=self, ...)`), so that code which
+/// replaces them there (CPython's tests do, with the pure-Python classes) is honoured too.
 struct AsyncioTypes {
-    future: Py<PyAny>,
-    task: Py<PyAny>,
+    futures: Py<PyDict>,
+    tasks: Py<PyDict>,
+}
+
+impl AsyncioTypes {
+    fn get<'py>(
+        py: Python<'py>,
+        namespace: &Py<PyDict>,
+        name: &Bound<'py, pyo3::types::PyString>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        namespace.bind(py).get_item(name)?.ok_or_else(|| {
+            pyo3::exceptions::PyAttributeError::new_err(format!("asyncio has no {name}"))
+        })
+    }
+
+    fn future<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Self::get(py, &self.futures, intern!(py, "Future"))
+    }
+
+    fn task<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Self::get(py, &self.tasks, intern!(py, "Task"))
+    }
 }
 
 fn asyncio_types(py: Python<'_>) -> PyResult<&AsyncioTypes> {
     static TYPES: PyOnceLock<AsyncioTypes> = PyOnceLock::new();
     TYPES.get_or_try_init(py, || {
-        let asyncio = py.import("asyncio")?;
+        let namespace =
+            |module: &str| -> PyResult<Py<PyDict>> { Ok(py.import(module)?.dict().unbind()) };
         Ok(AsyncioTypes {
-            future: asyncio.getattr("Future")?.unbind(),
-            task: asyncio.getattr("Task")?.unbind(),
+            futures: namespace("asyncio.futures")?,
+            tasks: namespace("asyncio.tasks")?,
         })
     })
 }
@@ -761,7 +785,7 @@ impl CoreLoop {
     pub fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let types = asyncio_types(py)?;
-        call_with_loop(types.future.bind(py), (), slf)
+        call_with_loop(&types.future(py)?, (), slf)
     }
 
     /// Records a new transport as the owner of its fd (asyncio: `loop._transports[fd]`), so
@@ -902,14 +926,20 @@ impl CoreLoop {
             if let Some(c) = context {
                 kw.set_item(intern!(py, "context"), c)?;
             }
+            // From 3.14 the factory is given every keyword argument, `name` too; before, the
+            // task was named after the factory returned it.
+            let name_to_factory = py.version_info() >= (3, 14);
+            if let (Some(n), true) = (name, name_to_factory) {
+                kw.set_item(intern!(py, "name"), n)?;
+            }
             let task = factory.bind(py).safe_call((slf, coro), Some(&kw))?;
-            if let Some(n) = name {
+            if let (Some(n), false) = (name, name_to_factory) {
                 task.safe_method1(intern!(py, "set_name"), n)?;
             }
             return Ok(task);
         }
         let types = asyncio_types(py)?;
-        let task = types.task.bind(py);
+        let task = &types.task(py)?;
         if name.is_none() && context.is_none() && kwargs_empty {
             return call_with_loop(task, (coro,), slf);
         }

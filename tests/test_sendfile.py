@@ -167,3 +167,63 @@ def test_sendfile_of_an_empty_file(loop, tmp_path):
             assert await sp.received(4) == b"next"
 
     run(loop, main())
+
+
+def test_sendfile_of_nothing_leaves_the_file_where_the_version_says(loop, data_file):
+    # Nothing left to send after the offset. From 3.14 the file position ends at the offset
+    # anyway (sendfile seeks however it ends); before, sending nothing left it where it was.
+    import sys
+
+    expected = len(DATA) if sys.version_info >= (3, 14) else 123
+
+    async def main():
+        async with connected(loop) as (cp, _sp):
+            data_file.seek(123)
+            assert await loop.sendfile(cp.transport, data_file, len(DATA)) == 0
+            assert data_file.tell() == expected
+
+    run(loop, main())
+
+    async def sock_main():
+        a, b = socket.socketpair()
+        with a, b:
+            a.setblocking(False)
+            data_file.seek(123)
+            assert await loop.sock_sendfile(a, data_file, len(DATA)) == 0
+            return data_file.tell()
+
+    assert run(loop, sock_main()) == expected
+
+
+def test_sendfile_fallback_from_offset_0_reads_where_the_version_says(loop, data_file, monkeypatch):
+    # From 3.14 the read/write fallback seeks to the offset even when it is 0; before, it read
+    # from wherever the file was.
+    import sys
+
+    start = 0 if sys.version_info >= (3, 14) else 123
+
+    async def unavailable(*args):
+        raise asyncio.SendfileNotAvailableError("testing the fallback")
+
+    monkeypatch.setattr(loop, "_sendfile_native", unavailable)
+    monkeypatch.setattr(loop, "_sock_sendfile_native", unavailable)
+
+    async def main():
+        async with connected(loop) as (cp, sp):
+            data_file.seek(123)
+            assert await loop.sendfile(cp.transport, data_file, 0, 10) == 10
+            cp.transport.write_eof()
+            assert await sp.eof == DATA[start : start + 10]
+            assert data_file.tell() == 10
+
+    run(loop, main())
+
+    async def sock_main():
+        a, b = socket.socketpair()
+        with a, b:
+            a.setblocking(False)
+            data_file.seek(123)
+            assert await loop.sock_sendfile(a, data_file, 0, 10) == 10
+            return b.recv(100)
+
+    assert run(loop, sock_main()) == DATA[start : start + 10]

@@ -15,6 +15,7 @@ import errno
 import functools
 import os
 import socket
+import sys
 from asyncio.exceptions import SendfileNotAvailableError
 
 from . import _ferroloop
@@ -29,6 +30,9 @@ _AGAIN = object()
 
 # Read size of the sock_sendfile() fallback (asyncio's SENDFILE_FALLBACK_READBUFFER_SIZE).
 _FALLBACK_CHUNK = 256 * 1024
+# From 3.14, sendfile leaves the file at offset + bytes sent however it ends (even when nothing
+# was sent), and the fallbacks seek to the offset first even when it is 0.
+SENDFILE_ALWAYS_SEEKS = sys.version_info >= (3, 14)
 
 _READ, _WRITE = False, True
 
@@ -349,12 +353,12 @@ class SocketOpsMixin:
             return result
         finally:
             # Leave the file position after the last byte sent, whatever happened.
-            if sent[0]:
+            if sent[0] or SENDFILE_ALWAYS_SEEKS:
                 os.lseek(fileno, offset + sent[0], os.SEEK_SET)
 
     async def _sock_sendfile_fallback(self, sock, file, offset, count):
         # Read chunks in the default executor and sock_sendall() them.
-        if offset:
+        if offset or (SENDFILE_ALWAYS_SEEKS and hasattr(file, "seek")):
             file.seek(offset)
         blocksize = min(count or _FALLBACK_CHUNK, _FALLBACK_CHUNK)
         buf = bytearray(blocksize)

@@ -16,6 +16,7 @@ from asyncio.exceptions import SendfileNotAvailableError
 
 from . import _ferroloop
 from ._format import logger
+from ._sockets import SENDFILE_ALWAYS_SEEKS
 
 try:
     import ssl
@@ -339,7 +340,7 @@ class TransportsMixin:
                 transport.resume_reading()
 
     async def _sendfile_fallback(self, transport, file, offset, count):
-        if offset:
+        if offset or (SENDFILE_ALWAYS_SEEKS and hasattr(file, "seek")):
             file.seek(offset)
         blocksize = min(count, _FALLBACK_BLOCK) if count else _FALLBACK_BLOCK
         buf = bytearray(blocksize)

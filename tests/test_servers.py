@@ -157,6 +157,36 @@ def test_serve_forever_until_cancelled(loop):
     run(loop, main())
 
 
+def test_cancelled_serve_forever_closes_a_hanging_client_on_314(loop):
+    # 3.14: cancelling serve_forever() (Ctrl+C) also closes the server's connections, so a
+    # client that never hangs up cannot keep it waiting. 3.12.1 to 3.13 wait for the client;
+    # 3.10 and 3.11 return at once and leave the connection open.
+    accepting = Accepting(Recorder)
+    closes_clients = sys.version_info >= (3, 14)
+    waits = (3, 12, 1) <= sys.version_info < (3, 14)
+
+    async def main():
+        server = await loop.create_server(accepting, "127.0.0.1", 0)
+        forever = asyncio.ensure_future(server.serve_forever())
+        client = socket.create_connection(address_of(server))
+        with client:
+            proto = await accepting.made()
+            forever.cancel()
+            done, _ = await asyncio.wait([forever], timeout=1 if waits else FAR)
+            assert (forever in done) is not waits
+            if closes_clients:
+                await proto.lost
+                assert client.recv(1) == b""  # the server closed the connection
+            else:
+                assert not proto.lost.done()
+                proto.transport.close()
+            with pytest.raises(asyncio.CancelledError):
+                await forever
+        assert not server.is_serving()
+
+    run(loop, main())
+
+
 def test_async_with_closes_the_server(loop):
     async def main():
         server = await loop.create_server(Accepting(Echo), "127.0.0.1", 0)

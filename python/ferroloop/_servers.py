@@ -34,6 +34,7 @@ from ._sockets import _check_ssl, _numeric_addrinfo
 _ExceptionGroup = getattr(builtins, "ExceptionGroup", None)
 _PY312_1 = sys.version_info >= (3, 12, 1)
 _PY313 = sys.version_info >= (3, 13)
+_PY314 = sys.version_info >= (3, 14)
 
 _ACCEPT_RETRY_DELAY = 1  # seconds (asyncio's constants.ACCEPT_RETRY_DELAY)
 # accept() errors that mean "out of resources": stop accepting for a while, then retry.
@@ -911,6 +912,10 @@ class Server(asyncio.AbstractServer):
         except asyncio.CancelledError:
             try:
                 self.close()
+                if _PY314:
+                    # 3.14 closes the connections too, so that a hanging client cannot
+                    # keep wait_closed() (and Ctrl+C of the server) waiting.
+                    self.close_clients()
                 await self.wait_closed()
             finally:
                 raise

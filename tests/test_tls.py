@@ -725,6 +725,35 @@ def test_stream_writer_start_tls(loop):
     run(loop, main())
 
 
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="3.14 hands buffered bytes to TLS")
+def test_stream_writer_start_tls_with_the_client_hello_already_buffered(loop):
+    # The client starts TLS at once: its ClientHello can reach the server's StreamReader
+    # before the server calls start_tls(). 3.14 hands those bytes to the TLS layer (gh-142352).
+    buffered = []
+
+    async def handler(reader, writer):
+        await reader._wait_for_data("test")  # the ClientHello is in the reader's buffer
+        buffered.append(len(reader._buffer))
+        await writer.start_tls(server_context())
+        assert await reader.readline() == b"ping\n"
+        writer.write(b"pong\n")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        async with stream_server(handler) as address:
+            reader, writer = await asyncio.open_connection(*address)
+            await writer.start_tls(client_context(), server_hostname=SERVER_CN)
+            writer.write(b"ping\n")
+            assert await reader.readline() == b"pong\n"
+            writer.close()
+            await writer.wait_closed()
+
+    run(loop, main())
+    assert buffered[0] > 0
+
+
 # -- streams ---------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ import asyncio
 import os
 import socket
 import stat
+import sys
 from asyncio import Protocol
 from asyncio.exceptions import SendfileNotAvailableError
 
@@ -30,6 +31,7 @@ except ImportError:  # pragma: no cover - not on supported versions
 
 
 _FALLBACK_BLOCK = 16 * 1024
+_PY314 = sys.version_info >= (3, 14)
 
 # asyncio's socket, datagram and read-pipe transports have a public ``max_size``: the most
 # one read asks for. Ours read the same 256 KiB (the Rust MAX_READ / MAX_DATAGRAM); the
@@ -221,15 +223,20 @@ class TransportsMixin:
         )
         # Pause first, so that no data reaches the TLS layer before its connection_made().
         transport.pause_reading()
+        buffered = _take_stream_reader_buffer(protocol) if server_side and _PY314 else None
         transport.set_protocol(tls)
-        made = self.call_soon(tls.connection_made, transport)
-        resumed = self.call_soon(transport.resume_reading)
+        scheduled = [self.call_soon(tls.connection_made, transport)]
+        if buffered:
+            # What the server's StreamReader received before start_tls(): the start of the
+            # client's handshake (3.14, gh-142352).
+            scheduled.append(self.call_soon(tls.data_received, buffered))
+        scheduled.append(self.call_soon(transport.resume_reading))
         try:
             await waiter
         except BaseException:
             transport.close()
-            made.cancel()
-            resumed.cancel()
+            for handle in scheduled:
+                handle.cancel()
             raise
         return tls._app_transport
 
@@ -363,3 +370,15 @@ class TransportsMixin:
             if total > 0 and hasattr(file, "seek"):
                 file.seek(offset + total)
             gate.restore()
+
+
+def _take_stream_reader_buffer(protocol) -> bytes | None:
+    """Empty the StreamReader of an asyncio streams protocol; return what it held."""
+    if not isinstance(protocol, asyncio.StreamReaderProtocol):
+        return None
+    reader = getattr(protocol, "_stream_reader", None)
+    if reader is None or not reader._buffer:
+        return None
+    data = bytes(reader._buffer)
+    reader._buffer.clear()
+    return data

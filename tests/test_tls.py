@@ -680,6 +680,42 @@ def test_start_tls_on_both_sides(loop):
     run(loop, main())
 
 
+def test_failed_start_tls_leaves_no_cycle_holding_the_transport(loop, loop_kind):
+    # The client's start_tls() fails verification. With the garbage collector off, the plain
+    # transport must be freed once nothing refers to it: no reference cycle through the
+    # exception's traceback may keep it (asyncio 3.14's gh-159049 check).
+    if loop_kind == "asyncio" and sys.version_info < (3, 14):
+        pytest.skip("asyncio before 3.14 keeps the transport in such a cycle")
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn, contextlib.suppress(OSError):
+            server_context(untrusted=True).wrap_socket(conn, server_side=True)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    transports = []
+
+    async def main():
+        transport, protocol = await loop.create_connection(
+            asyncio.Protocol, *listener.getsockname()
+        )
+        transports.append(weakref.ref(transport))
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await loop.start_tls(transport, protocol, client_context(), server_hostname=SERVER_CN)
+
+    with listener:
+        gc.collect()
+        gc.disable()
+        try:
+            run(loop, main())
+            assert transports[0]() is None
+        finally:
+            gc.enable()
+        thread.join(FAR)
+
+
 @contextlib.asynccontextmanager
 async def stream_server(handler, **kwargs):
     """asyncio.start_server on 127.0.0.1; on exit, closes it and waits for the handlers."""

@@ -237,6 +237,9 @@ class TransportsMixin:
             transport.close()
             for handle in scheduled:
                 handle.cancel()
+            # The exception's traceback holds this frame: let go of what holds the exception
+            # (the waiter) and of the TLS protocol, so no cycle keeps the transport alive.
+            waiter = tls = scheduled = None
             raise
         return tls._app_transport
 

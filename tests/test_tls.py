@@ -716,6 +716,63 @@ def test_failed_start_tls_leaves_no_cycle_holding_the_transport(loop, loop_kind)
         thread.join(FAR)
 
 
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="3.14 bounds this wait")
+@pytest.mark.parametrize("close_first", [True, False], ids=["close-then-eof", "eof-only"])
+def test_shutdown_timeout_bounds_a_peer_that_sent_eof_and_stopped_reading(loop, close_first):
+    # The peer sends EOF (after or before our close()) and never reads what we still have
+    # queued: from 3.14, ssl_shutdown_timeout also bounds flushing it on the way out.
+    listener = socket.create_server(("127.0.0.1", 0))
+    filled = threading.Event()
+    done = threading.Event()
+
+    def serve():
+        conn, _ = listener.accept()
+        with server_context().wrap_socket(conn, server_side=True) as tls:
+            filled.wait(FAR)
+            tls.shutdown(socket.SHUT_WR)  # EOF, and never a read
+            done.wait(FAR)
+
+    class Protocol(asyncio.Protocol):
+        def __init__(self):
+            self.lost = loop.create_future()
+            self.paused = False
+
+        def pause_writing(self):
+            self.paused = True
+
+        def connection_lost(self, exc):
+            self.lost.set_result(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def main():
+        transport, protocol = await loop.create_connection(
+            Protocol,
+            *listener.getsockname(),
+            ssl=client_context(),
+            server_hostname=SERVER_CN,
+            ssl_shutdown_timeout=0.1,
+        )
+        try:
+            chunk = bytes(1024 * 1024)
+            while not protocol.paused:
+                transport.write(chunk)
+                await asyncio.sleep(0)
+            if close_first:
+                transport.close()
+            filled.set()
+            return await protocol.lost
+        finally:
+            filled.set()
+            done.set()
+            transport.abort()
+
+    with listener:
+        assert isinstance(run(loop, main()), TimeoutError)
+        thread.join(FAR)
+
+
 @contextlib.asynccontextmanager
 async def stream_server(handler, **kwargs):
     """asyncio.start_server on 127.0.0.1; on exit, closes it and waits for the handlers."""

@@ -80,8 +80,21 @@ impl TlsTransport {
         self.proto(py)?.get().app_protocol(py)
     }
 
-    fn is_closing(&self, py: Python<'_>) -> bool {
-        *self.closed.borrow(py)
+    /// Closed by the application; from 3.14 also while the transport below is closing.
+    fn is_closing(&self, py: Python<'_>) -> PyResult<bool> {
+        if *self.closed.borrow(py) {
+            return Ok(true);
+        }
+        if py.version_info() < (3, 14) {
+            return Ok(false);
+        }
+        match self.proto(py).and_then(|proto| proto.get().lower(py)) {
+            Some(lower) => lower
+                .bind(py)
+                .call_method0(intern!(py, "is_closing"))?
+                .is_truthy(),
+            None => Ok(false),
+        }
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {

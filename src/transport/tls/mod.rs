@@ -643,8 +643,21 @@ impl TlsProtocol {
     fn on_shutdown_complete(slf: &Bound<'_, Self>, failure: Option<PyErr>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let timer = this.st.borrow_mut(py).shutdown_timer.take();
-        Self::cancel_timer(py, timer)?;
+        // 3.14: closing the transport below flushes its buffer first, which a peer that does
+        // not read can delay forever, so the shutdown timeout stays armed (or is armed, when
+        // the peer began the shutdown) until connection_lost. Before, it ended here.
+        let keep_timer = failure.is_none() && py.version_info() >= (3, 14);
+        if keep_timer {
+            if this.st.borrow(py).shutdown_timer.is_none() {
+                let cb = slf.getattr(intern!(py, "_check_shutdown_timeout"))?;
+                let timer = self_loop(this, py)
+                    .call_method1(intern!(py, "call_later"), (this.shutdown_timeout, cb))?;
+                this.st.borrow_mut(py).shutdown_timer = Some(timer.unbind());
+            }
+        } else {
+            let timer = this.st.borrow_mut(py).shutdown_timer.take();
+            Self::cancel_timer(py, timer)?;
+        }
         match failure {
             Some(e) => Self::fatal_error(slf, e, "Fatal error on transport"),
             None => match this.lower(py) {

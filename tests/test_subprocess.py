@@ -414,3 +414,29 @@ def test_program_and_argument_types(loop):
         assert await proc.communicate() == (b"bytes ok\n", None)
 
     run(loop, main())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="3.14 (gh-119710): wait() stops there")
+def test_wait_returns_when_the_child_exits_though_a_grandchild_keeps_its_pipe(loop):
+    # The grandchild inherits the child's stdin and stdout and keeps them open after the
+    # child is killed: the stdout pipe never reaches EOF, but wait() must return anyway.
+    code = (
+        "import subprocess, sys\n"
+        "subprocess.run([sys.executable, '-c', "
+        "\"import sys; sys.stdout.write('ready'); sys.stdout.flush(); sys.stdin.read()\"])\n"
+    )
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, stdin=PIPE, stdout=PIPE
+        )
+        try:
+            waiting = asyncio.ensure_future(proc.wait())
+            assert await proc.stdout.readexactly(5) == b"ready"
+            proc.kill()
+            return await asyncio.wait_for(waiting, 30)
+        finally:
+            proc.stdin.close()  # the grandchild exits
+            await proc.stdout.read()
+
+    assert loop.run_until_complete(main()) == -signal.SIGKILL

@@ -27,12 +27,14 @@ import errno
 import functools
 import os
 import subprocess
+import sys
 import threading
 import warnings
 
 from ._format import logger
 
 _PIPE = subprocess.PIPE
+_PY314 = sys.version_info >= (3, 14)
 
 
 def _check_popen_args(universal_newlines, shell, want_shell, bufsize, text, encoding, errors):
@@ -318,8 +320,8 @@ class SubprocessTransport(asyncio.SubprocessTransport):
         self._proc.kill()
 
     async def _wait(self):
-        """The return code, once the child has exited and every pipe is closed
-        (``asyncio.subprocess.Process.wait`` awaits this)."""
+        """The return code, once the child has exited (before 3.14: and every pipe is
+        closed); ``asyncio.subprocess.Process.wait`` awaits this."""
         if self._returncode is not None:
             return self._returncode
         waiter = self._loop.create_future()
@@ -398,6 +400,18 @@ class SubprocessTransport(asyncio.SubprocessTransport):
             self._proc.returncode = returncode
         self._call(self._protocol.process_exited)
         self._try_finish()
+        if _PY314:
+            # 3.14 (gh-119710): wait() returns once the child has exited, even while a
+            # grandchild keeps one of its pipes open; before, it waited for the pipes too.
+            self._wake_exit_waiters()
+
+    def _wake_exit_waiters(self) -> None:
+        if self._exit_waiters is None:
+            return
+        for waiter in self._exit_waiters:
+            if not waiter.done():
+                waiter.set_result(self._returncode)
+        self._exit_waiters = None
 
     def _try_finish(self) -> None:
         if self._finished or self._returncode is None:
@@ -410,10 +424,7 @@ class SubprocessTransport(asyncio.SubprocessTransport):
         try:
             self._protocol.connection_lost(exc)
         finally:
-            for waiter in self._exit_waiters:
-                if not waiter.cancelled():
-                    waiter.set_result(self._returncode)
-            self._exit_waiters = None
+            self._wake_exit_waiters()
             self._loop = self._proc = self._protocol = None
 
 

@@ -613,7 +613,10 @@ def all_modules() -> list[str]:
 
 def parse_modules(spec: str | None) -> list[str]:
     if not spec:
-        return list(DEFAULT_MODULES)
+        # The running suite may lack a default module (3.10 has no test_taskgroups): the
+        # ratchet check reports its ids as absent in this Python.
+        known = set(all_modules())
+        return [m for m in DEFAULT_MODULES if m in known]
     if spec == "all":
         return all_modules()
     names = []

@@ -4,8 +4,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Libraries built on asyncio that tests/test_libraries.py runs on ferroloop.
 LIBRARY_TEST_DEPS := aiohttp websockets uvicorn starlette "twisted[tls]" asyncpg blockbuster
+# Each virtualenv builds into its own cargo target directory (PyO3 is compiled per
+# interpreter, so a shared one would rebuild everything each time the Python changes).
+# (CARGO_TARGET_DIR in the environment overrides it.)
+TARGET_DIR = $(or $(CARGO_TARGET_DIR),$(if $(filter .venv,$(VENV)),target,target/$(notdir $(VENV))))
+# The Pythons ferroloop supports: `make test-all` and `make wheels` use those present
+# (tools/find-python looks on PATH, in pyenv and in /opt/python-X.Y).
+PYTHON_VERSIONS := 3.10 3.11 3.12 3.13 3.14 3.15
 
-.PHONY: help venv develop build test test-rust test-py lint fmt conformance bench clean
+.PHONY: help venv develop build test test-rust test-py test-python test-all lint fmt \
+	conformance bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -16,7 +24,7 @@ venv: ## Create the virtualenv with the build and test tools
 	$(PY) -m pip install -q "maturin>=1.5,<2" "pytest>=7" ruff $(LIBRARY_TEST_DEPS)
 
 develop: venv ## Build the extension (release) and install it into the virtualenv
-	$(VENV)/bin/maturin develop --release -q
+	VIRTUAL_ENV=$(abspath $(VENV)) CARGO_TARGET_DIR=$(TARGET_DIR) $(VENV)/bin/maturin develop --release -q
 
 build: venv ## Build a release wheel into dist/
 	$(VENV)/bin/maturin build --release -o dist
@@ -24,14 +32,30 @@ build: venv ## Build a release wheel into dist/
 test: develop test-rust test-py ## Build, then run every test (Rust, pytest, conformance ratchet)
 
 test-rust: ## Rust unit tests (timer heap, registrations)
-	PYO3_PYTHON=$(abspath $(PY)) cargo test --lib -q
+	PYO3_PYTHON=$(abspath $(PY)) CARGO_TARGET_DIR=$(TARGET_DIR) cargo test --lib -q
 
 test-py: ## pytest suite (each test body on ferroloop and on stdlib asyncio)
 	$(PY) -m pytest -q
 
+test-python: ## make test-python V=3.15: build into .venv-3.15 with that Python, run the pytest suite
+	@test -n "$(V)" || { echo "usage: make test-python V=3.15" >&2; exit 2; }
+	@py=$$(tools/find-python $(V)) || { echo "Python $(V) not found (tools/find-python)" >&2; exit 1; }; \
+	$(MAKE) --no-print-directory develop test-py VENV=.venv-$(V) PYTHON=$$py
+
+test-all: test-rust ## Rust tests, then the pytest suite on every Python present (3.10-3.15)
+	@ran=""; failed=""; missing=""; \
+	for v in $(PYTHON_VERSIONS); do \
+		if ! tools/find-python $$v >/dev/null; then missing="$$missing $$v"; continue; fi; \
+		echo "== Python $$v"; \
+		if $(MAKE) --no-print-directory test-python V=$$v; then ran="$$ran $$v"; \
+		else failed="$$failed $$v"; fi; \
+	done; \
+	echo "test-all: passed on:$${ran:- none}; FAILED on:$${failed:- none}; not present:$${missing:- none}"; \
+	test -z "$$failed"
+
 lint: ## cargo fmt --check, clippy -D warnings, ruff
 	cargo fmt --check
-	PYO3_PYTHON=$(abspath $(PY)) cargo clippy --all-targets -- -D warnings
+	PYO3_PYTHON=$(abspath $(PY)) CARGO_TARGET_DIR=$(TARGET_DIR) cargo clippy --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests benchmarks
 	$(VENV)/bin/ruff format --check python tests benchmarks
 

@@ -3,6 +3,7 @@ protocol-level loop.subprocess_exec; exit codes, pipes, redirections, signals, t
 cancellation, many children, argument errors."""
 
 import asyncio
+import contextlib
 import errno
 import os
 import signal
@@ -200,8 +201,14 @@ sys.stdin.buffer.read()
             getattr(proc, method)()
         assert await proc.wait() == returncode
         for call in (proc.terminate, proc.kill, lambda: proc.send_signal(signal.SIGUSR1)):
-            with pytest.raises(ProcessLookupError):
-                call()
+            if sys.version_info >= (3, 14):
+                # 3.14's wait() returns as the child exits, maybe before the transport is
+                # done with its pipes: until then signalling an exited child does nothing.
+                with contextlib.suppress(ProcessLookupError):
+                    call()
+            else:
+                with pytest.raises(ProcessLookupError):
+                    call()
 
     run(loop, main())
 

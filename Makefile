@@ -12,7 +12,7 @@ TARGET_DIR = $(or $(CARGO_TARGET_DIR),$(if $(filter .venv,$(VENV)),target,target
 # (tools/find-python looks on PATH, in pyenv and in /opt/python-X.Y).
 PYTHON_VERSIONS := 3.10 3.11 3.12 3.13 3.14 3.15
 
-.PHONY: help venv develop build test test-rust test-py test-python test-all lint fmt \
+.PHONY: help venv develop build wheels test test-rust test-py test-python test-all lint fmt \
 	conformance bench clean
 
 help: ## List the targets
@@ -28,6 +28,14 @@ develop: venv ## Build the extension (release) and install it into the virtualen
 
 build: venv ## Build a release wheel into dist/
 	$(VENV)/bin/maturin build --release -o dist
+
+wheels: venv ## Release wheels for every Python present (3.10-3.15) into dist/, shown by auditwheel
+	@pys=""; for v in $(PYTHON_VERSIONS); do py=$$(tools/find-python $$v) && pys="$$pys $$py"; done; \
+	test -n "$$pys" || { echo "no Python found" >&2; exit 1; }; \
+	echo "building wheels for:$$pys"; \
+	CARGO_TARGET_DIR=target/wheels $(VENV)/bin/maturin build --release -o dist -i $$pys
+	$(PY) -m pip install -q auditwheel
+	@for w in dist/ferroloop-*.whl; do echo "== $$w"; $(VENV)/bin/auditwheel show "$$w" || exit 1; done
 
 test: develop test-rust test-py ## Build, then run every test (Rust, pytest, conformance ratchet)
 

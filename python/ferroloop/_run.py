@@ -11,11 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 from ._loop import new_event_loop
 
+_T = TypeVar("_T")
 
-def run(main, *, debug=None, loop_factory=None, **run_kwargs):
+
+def run(
+    main: Coroutine[Any, Any, _T],
+    *,
+    debug: bool | None = None,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    **run_kwargs: Any,
+) -> _T:
     """Run the coroutine ``main`` on a new ferroloop loop, close the loop, return the result.
 
     Like ``asyncio.run(main, debug=debug, loop_factory=ferroloop.new_event_loop)``;

@@ -86,7 +86,7 @@ impl HandleRun {
             return;
         }
         WAITERS.fetch_add(1, Ordering::SeqCst);
-        py.detach(|| {
+        crate::attach::detach(py, || {
             let mut guard = DONE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
             // Checked under the lock: `Running::drop` stores IDLE before it takes the lock
             // to notify, so the notification cannot fall between this check and the wait.

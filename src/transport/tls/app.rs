@@ -91,7 +91,7 @@ impl TlsTransport {
         match self.proto(py).and_then(|proto| proto.get().lower(py)) {
             Some(lower) => lower
                 .bind(py)
-                .call_method0(intern!(py, "is_closing"))?
+                .safe_method0(intern!(py, "is_closing"))?
                 .is_truthy(),
             None => Ok(false),
         }

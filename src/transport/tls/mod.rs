@@ -650,8 +650,11 @@ impl TlsProtocol {
         if keep_timer {
             if this.st.borrow(py).shutdown_timer.is_none() {
                 let cb = slf.getattr(intern!(py, "_check_shutdown_timeout"))?;
-                let timer = self_loop(this, py)
-                    .call_method1(intern!(py, "call_later"), (this.shutdown_timeout, cb))?;
+                let timer = self_loop(this, py).safe_method(
+                    intern!(py, "call_later"),
+                    (this.shutdown_timeout, cb),
+                    None,
+                )?;
                 this.st.borrow_mut(py).shutdown_timer = Some(timer.unbind());
             }
         } else {

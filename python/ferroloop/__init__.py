@@ -12,8 +12,10 @@ gone in 3.16): ``EventLoopPolicy`` is made on first use, see ``_policy.py``.
 
 from __future__ import annotations
 
-from . import _interpreter  # noqa: F401  (first: refuses a subinterpreter)
-from . import _policy
+from . import (
+    _interpreter,  # noqa: F401  (first: refuses a subinterpreter)
+    _policy,
+)
 from ._ferroloop import BUILD_PROFILE, __version__
 from ._loop import Loop, new_event_loop
 from ._run import run

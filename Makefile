@@ -39,7 +39,7 @@ wheels: venv ## Release wheels for every Python present (3.10-3.15) into dist/, 
 
 test: develop test-rust test-py ## Build, then run every test (Rust, pytest, conformance ratchet)
 
-test-rust: ## Rust unit tests (timer heap, registrations)
+test-rust: venv ## Rust unit tests (timer heap, registrations)
 	PYO3_PYTHON=$(abspath $(PY)) CARGO_TARGET_DIR=$(TARGET_DIR) cargo test --lib -q
 
 test-py: ## pytest suite (each test body on ferroloop and on stdlib asyncio)

@@ -11,6 +11,8 @@ TARGET_DIR = $(or $(CARGO_TARGET_DIR),$(if $(filter .venv,$(VENV)),target,target
 # The Pythons ferroloop supports: `make test-all` and `make wheels` use those present
 # (tools/find-python looks on PATH, in pyenv and in /opt/python-X.Y).
 PYTHON_VERSIONS := 3.10 3.11 3.12 3.13 3.14 3.15
+# The test frameworks whose sample suites tests/test_pytest_plugin.py runs with `pytest --ferroloop`.
+PLUGIN_TEST_DEPS := "pytest-asyncio>=1" "anyio>=4"
 
 .PHONY: help venv develop build wheels test test-rust test-py test-python test-all lint fmt \
 	conformance bench clean
@@ -21,7 +23,7 @@ help: ## List the targets
 venv: ## Create the virtualenv with the build and test tools
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "maturin>=1.5,<2" "pytest>=7" ruff $(LIBRARY_TEST_DEPS)
+	$(PY) -m pip install -q "maturin>=1.5,<2" "pytest>=7" ruff $(LIBRARY_TEST_DEPS) $(PLUGIN_TEST_DEPS)
 
 develop: venv ## Build the extension (release) and install it into the virtualenv
 	VIRTUAL_ENV=$(abspath $(VENV)) CARGO_TARGET_DIR=$(TARGET_DIR) $(VENV)/bin/maturin develop --release -q

@@ -46,15 +46,16 @@ options:
 # --------------------------------------------------------------------------- installing the loop
 
 
-def _use_ferroloop_loops() -> None:
-    """Make every loop asyncio creates from now on a ferroloop loop, without warnings.
+def _use_ferroloop_loops() -> Callable[[], None]:
+    """Make every loop asyncio creates from now on a ferroloop loop, without warnings; returns a
+    function that puts the previous event-loop policy back.
 
     The policy is a subclass of the interpreter's default one (so ``get_event_loop``, the child
     watchers of 3.10–3.13, everything else stays as asyncio has it) whose loop factory is
-    ``ferroloop.new_event_loop``.  It is set through asyncio's private, non-warning setter where
-    3.14+ deprecates the public one.
+    ``ferroloop.new_event_loop``.  It is set through asyncio's private, non-warning accessors
+    where 3.14+ deprecates the public ones.
 
-    This is the one place ``run`` (and the pytest plugin) install ferroloop; it is meant to become
+    This is the one place ``run`` and the pytest plugin install ferroloop; it is meant to become
     a call to the shared helper of ``ferroloop._policy`` once that exists.
     """
     from asyncio import events, unix_events
@@ -64,10 +65,12 @@ def _use_ferroloop_loops() -> None:
     class _FerroloopPolicy(unix_events._UnixDefaultEventLoopPolicy):  # type: ignore[name-defined,misc]
         _loop_factory = staticmethod(new_event_loop)
 
-    setter = getattr(events, "_set_event_loop_policy", None)
-    if setter is None:  # 3.10–3.13: the public setter does not warn there
-        setter = asyncio.set_event_loop_policy
+    # 3.10–3.13 have only the public accessors, which do not warn there.
+    getter = getattr(events, "_get_event_loop_policy", asyncio.get_event_loop_policy)
+    setter = getattr(events, "_set_event_loop_policy", asyncio.set_event_loop_policy)
+    previous = getter()
     setter(_FerroloopPolicy())
+    return lambda: setter(previous)
 
 
 def _uvicorn_auto(module: types.ModuleType) -> None:

@@ -31,6 +31,11 @@ __all__ = [
 ]
 
 
+def __dir__() -> list[str]:
+    """``dir(ferroloop)``: the public API only."""
+    return sorted(__all__)
+
+
 def install() -> None:
     """Make ferroloop the event loop of every ``asyncio.new_event_loop()``/``asyncio.run()``.
 

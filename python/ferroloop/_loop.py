@@ -101,8 +101,10 @@ class Loop(
             self._set_custom_clock(self._time_overridden_by_class())
 
     def __repr__(self) -> str:
+        cls = type(self)
+        name = "ferroloop.Loop" if cls is Loop else f"{cls.__module__}.{cls.__qualname__}"
         return (
-            f"<{type(self).__name__} running={self.is_running()} "
+            f"<{name} running={self.is_running()} "
             f"closed={self.is_closed()} debug={self.get_debug()}>"
         )
 

@@ -53,6 +53,9 @@ RECV_SIZE = 65536
 SPREAD = 4096
 #: Bytes a corrupting server echoes faithfully on a connection before it tampers with one chunk.
 CORRUPT_AFTER = 65536
+#: How long a load generator waits, past its measured window, for the ``min_requests`` a
+#: self-test asks for (progress, not time, ends a self-test's window; this only bounds it).
+MIN_REQUESTS_PATIENCE = 20.0
 #: A client busier than this share of one CPU is likely the bottleneck.
 CLIENT_BUSY = 0.9
 #: The name TLS servers' certificates are issued for and TLS clients check.
@@ -235,9 +238,16 @@ class Run:
 
 
 async def sample_window(
-    run: Run, server_pid: int, warmup: float, duration: float, cpus: tuple[int, ...] | None
+    run: Run,
+    server_pid: int,
+    warmup: float,
+    duration: float,
+    cpus: tuple[int, ...] | None,
+    min_requests: int = 0,
 ) -> Window:
-    """Let ``run`` warm up, then sample requests and CPU use over ``duration`` seconds."""
+    """Let ``run`` warm up, then sample requests and CPU use over ``duration`` seconds, or for
+    as long as it takes the whole run to complete ``min_requests`` (a self-test's corrupting
+    server must have been reached however slow a loaded machine makes the processes)."""
 
     async def failed_within(seconds: float) -> None:
         await asyncio.wait({run.failed}, timeout=seconds)
@@ -246,6 +256,9 @@ async def sample_window(
     busy0 = procstat.cpu_busy_ns(cpus)
     count0, server0, client0 = run.completed, procstat.snapshot(server_pid), procstat.snapshot()
     await failed_within(duration)
+    limit = run.loop.time() + MIN_REQUESTS_PATIENCE
+    while run.completed < min_requests and not run.failed.done() and run.loop.time() < limit:
+        await failed_within(0.05)
     count1, server1, client1 = run.completed, procstat.snapshot(server_pid), procstat.snapshot()
     busy = procstat.cpu_busy_ns(cpus) - busy0
     return Window(count1 - count0, server1 - server0, client1 - client0, busy, cpus is not None)
@@ -368,6 +381,7 @@ async def _drive_tcp(
     stall_timeout: float,
     cpus: tuple[int, ...] | None,
     cafile: str | None,
+    min_requests: int,
 ) -> dict:
     run = Run(loop, size)
     tls: dict[str, Any] = {}
@@ -381,7 +395,9 @@ async def _drive_tcp(
             lambda index=index: protocol(run, index), "127.0.0.1", port, **tls
         )
         clients.append(proto)
-    return await measure_clients(run, clients, server_pid, warmup, duration, stall_timeout, cpus)
+    return await measure_clients(
+        run, clients, server_pid, warmup, duration, stall_timeout, cpus, min_requests
+    )
 
 
 async def measure_clients(
@@ -392,10 +408,11 @@ async def measure_clients(
     duration: float,
     stall_timeout: float,
     cpus: tuple[int, ...] | None,
+    min_requests: int = 0,
 ) -> dict:
     """Sample the window, let every client finish and abort its transport; the
     :class:`Measurement` as JSON, or the run's failure."""
-    window = await sample_window(run, server_pid, warmup, duration, cpus)
+    window = await sample_window(run, server_pid, warmup, duration, cpus, min_requests)
     await finish(run, [c.closed for c in clients], stall_timeout)
     for c in clients:
         if c.transport is not None:
@@ -417,6 +434,7 @@ def client(
     cpu: int | None = None,
     server_cpu: int | None = None,
     cafile: str | None = None,
+    min_requests: int = 0,
 ) -> dict:
     """Child process: the TCP echo load generator (TLS when given the server's CA ``cafile``).
     Returns a :class:`Measurement` as JSON."""
@@ -435,6 +453,7 @@ def client(
             stall_timeout,
             cpus,
             cafile,
+            min_requests,
         ),
     )
 
@@ -543,6 +562,18 @@ def measure_echo(
     return with_server(server_argv, settings, drive)
 
 
+#: Window of an echo self-test's measurements.  Its ``stall_timeout`` is how long a request may
+#: take once the window closed before its bytes count as lost (the "drop" corruption's verdict):
+#: far above a request's time even on a machine whose CPUs are busy with other work.
+SELFTEST: dict[str, float] = {"warmup": 0.2, "duration": 0.3, "stall_timeout": 3.0}
+
+
+def selftest_requests(size: int, connections: int = CONNECTIONS) -> int:
+    """Requests of ``size`` bytes after which every connection has had its full
+    :data:`CORRUPT_AFTER` faithful bytes, so the next request of each meets the corruption."""
+    return connections * -(-CORRUPT_AFTER // size)
+
+
 def run_selftest(
     measure: Callable[[str], Measurement],
     log: Callable[[str], None],
@@ -550,7 +581,10 @@ def run_selftest(
     corruptions: tuple[str, ...] = ("flip", "drop"),
 ) -> bool:
     """Measure a faithful server (``measure("")``), which must be accepted, then one server per
-    corruption, each of which must be rejected; True if all were."""
+    corruption, each of which must be rejected; True if all were.
+
+    The echo self-tests measure with :data:`SELFTEST` and ``min_requests=selftest_requests(size)``,
+    so the outcome does not depend on how fast a busy machine runs the processes."""
     ok = True
     for corrupt in ("", *corruptions):
         result = measure(corrupt)

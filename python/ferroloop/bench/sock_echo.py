@@ -87,12 +87,16 @@ def measure_echo(
     warmup: float | None = None,
     duration: float | None = None,
     stall_timeout: float = 5.0,
+    min_requests: int = 0,
 ) -> Measurement:
     """One echo measurement: start the server and the load generator, return the result."""
     argv = echo.python_server(
         "sock_echo", "server", contestant=contestant, cpu=settings.server_cpu, corrupt=corrupt
     )
-    return echo.measure_echo("echo", argv, size, settings, warmup, duration, stall_timeout)
+    options = {"min_requests": min_requests} if min_requests else None
+    return echo.measure_echo(
+        "echo", argv, size, settings, warmup, duration, stall_timeout, client_options=options
+    )
 
 
 def _measurer(size: int) -> Callable[[str, Settings], Measurement]:
@@ -130,7 +134,12 @@ def selftest(settings: Settings, log: Callable[[str], None] = print) -> bool:
 
     def measure(corrupt: str) -> Measurement:
         return measure_echo(
-            "asyncio", 1024, settings, corrupt, warmup=0.2, duration=0.3, stall_timeout=1.0
+            "asyncio",
+            1024,
+            settings,
+            corrupt,
+            **echo.SELFTEST,
+            min_requests=echo.selftest_requests(1024),
         )
 
     return echo.run_selftest(measure, log, "tcp echo")

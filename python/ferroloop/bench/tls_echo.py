@@ -89,6 +89,7 @@ def measure_tls_echo(
     warmup: float | None = None,
     duration: float | None = None,
     stall_timeout: float = 5.0,
+    min_requests: int = 0,
 ) -> Measurement:
     """One TLS echo measurement of the Protocol server on ``contestant``."""
     made = certificate()
@@ -113,7 +114,7 @@ def measure_tls_echo(
         warmup,
         duration,
         stall_timeout,
-        client_options={"cafile": certfile},
+        client_options={"cafile": certfile, "min_requests": min_requests},
     )
 
 
@@ -150,7 +151,12 @@ def selftest(settings: Settings, log: Callable[[str], None] = print) -> bool:
 
     def measure(corrupt: str) -> Measurement:
         return measure_tls_echo(
-            "asyncio", 1024, settings, corrupt, warmup=0.2, duration=0.3, stall_timeout=1.0
+            "asyncio",
+            1024,
+            settings,
+            corrupt,
+            **echo.SELFTEST,
+            min_requests=echo.selftest_requests(1024),
         )
 
     return echo.run_selftest(measure, log, "tls echo")

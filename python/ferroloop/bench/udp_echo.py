@@ -121,6 +121,7 @@ async def _drive(
     duration: float,
     stall_timeout: float,
     cpus: tuple[int, ...] | None,
+    min_requests: int,
 ) -> dict:
     run = echo.Run(loop, size)
     clients = []
@@ -130,7 +131,7 @@ async def _drive(
         )
         clients.append(proto)
     result = await echo.measure_clients(
-        run, clients, server_pid, warmup, duration, stall_timeout, cpus
+        run, clients, server_pid, warmup, duration, stall_timeout, cpus, min_requests
     )
     if result.get("status") == ERROR:
         detail = result["detail"].replace("their echo", "their datagram")
@@ -149,6 +150,7 @@ def client(
     stall_timeout: float = 5.0,
     cpu: int | None = None,
     server_cpu: int | None = None,
+    min_requests: int = 0,
 ) -> dict:
     """Child process: the UDP load generator.  Returns a :class:`Measurement` as JSON."""
     cpus = echo.client_cpus(cpu, server_cpu)
@@ -156,7 +158,16 @@ def client(
         loop_name,
         cpu,
         lambda loop: _drive(
-            loop, port, server_pid, size, sockets, warmup, duration, stall_timeout, cpus
+            loop,
+            port,
+            server_pid,
+            size,
+            sockets,
+            warmup,
+            duration,
+            stall_timeout,
+            cpus,
+            min_requests,
         ),
     )
 
@@ -171,6 +182,7 @@ def measure_udp(
     warmup: float | None = None,
     duration: float | None = None,
     stall_timeout: float = 5.0,
+    min_requests: int = 0,
 ) -> Measurement:
     """One UDP echo measurement of ``contestant``'s server (or of the floor)."""
     if contestant == FLOOR:
@@ -180,7 +192,14 @@ def measure_udp(
             "udp_echo", "server", contestant=contestant, cpu=settings.server_cpu, corrupt=corrupt
         )
     return echo.measure_echo(
-        "udp_echo", argv, SIZE, settings, warmup, duration, stall_timeout=stall_timeout
+        "udp_echo",
+        argv,
+        SIZE,
+        settings,
+        warmup,
+        duration,
+        stall_timeout=stall_timeout,
+        client_options={"min_requests": min_requests} if min_requests else None,
     )
 
 
@@ -211,7 +230,7 @@ def selftest(settings: Settings, log: Callable[[str], None] = print) -> bool:
 
     def measure(corrupt: str) -> Measurement:
         return measure_udp(
-            "asyncio", settings, corrupt, warmup=0.2, duration=0.3, stall_timeout=1.0
+            "asyncio", settings, corrupt, **echo.SELFTEST, min_requests=echo.selftest_requests(SIZE)
         )
 
     return echo.run_selftest(measure, log, "udp echo")

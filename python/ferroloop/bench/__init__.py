@@ -13,7 +13,7 @@ Modules:
 * ``udp_echo``    -- UDP echo with ``create_datagram_endpoint``;
 * ``echo``        -- what the network families share: server processes, the fixed load
   generator, content verification, the measured window, self-tests;
-* ``floor``       -- building and starting the plain Rust epoll server (``benchmarks/floor``);
+* ``floor``       -- building and starting the plain Rust epoll server (``floor_server/``);
 * ``contestants`` -- the loops compared and how a child process creates one;
 * ``runner``      -- interleaved rounds, re-runs of disturbed measurements, medians and ratios;
 * ``report``      -- the markdown table; ``cli`` -- the command line;

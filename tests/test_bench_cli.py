@@ -105,3 +105,29 @@ def test_the_short_run_is_the_default_and_full_is_one_flag_away():
     cli.add_arguments(parser)
     assert cli._settings(parser.parse_args([])).quick is True
     assert cli._settings(parser.parse_args(["--full"])).quick is False
+
+
+def test_chart_rows_from_a_saved_report():
+    from ferroloop.bench import chart
+
+    report = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+    rows, baseline = chart.rows_from_markdown(report.read_text(encoding="utf-8"))
+    assert baseline == "uvloop"
+    by_title = {row.title: row for row in rows}
+    call_soon = by_title["call_soon"]
+    assert call_soon.figure == "callbacks/s ↑"
+    assert call_soon.speedups["uvloop"] == 1.0
+    assert call_soon.speedups["ferroloop"] > 1 > call_soon.speedups["asyncio"]
+    echo = by_title["echo Protocol 1 KiB"]
+    assert echo.figure == "server CPU/request ↓"  # the fair figure where the client is the limit
+    assert "floor" not in echo.speedups  # not a loop
+
+
+def test_chart_is_drawn(tmp_path):
+    pytest.importorskip("matplotlib")
+    from ferroloop.bench import chart
+
+    rows = [chart.Row("call_soon", "callbacks/s ↑", {"uvloop": 1.0, "ferroloop": 2.5})]
+    chart.draw(rows, "uvloop", tmp_path / "chart.svg", "subtitle")
+    svg = (tmp_path / "chart.svg").read_text()
+    assert "<svg" in svg and "call_soon" in svg and "ferroloop" in svg

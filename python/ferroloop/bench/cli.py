@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from . import (
+    chart,
     contestants,
     floor,
     http_keepalive,
@@ -71,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="PATH",
         help="write raw results as JSON (the results so far in PATH.partial during the run)",
+    )
+    parser.add_argument(
+        "--chart",
+        type=Path,
+        metavar="PATH",
+        help="also draw the results as a chart, SVG or PNG by PATH's extension (needs "
+        "matplotlib: pip install 'ferroloop[chart]')",
     )
     parser.add_argument(
         "--list", action="store_true", help="list the workloads and what they measure, then exit"
@@ -265,6 +273,13 @@ def _main(args: argparse.Namespace) -> int:
     if args.json:
         _write(args.json, json.dumps(report.to_json(results), indent=1))
         _log(f"raw results written to {args.json}")
+    if args.chart:
+        try:
+            rows, baseline = chart.rows_from_results(results)
+            chart.draw(rows, baseline, args.chart, report.system_info(results)["date"])
+            _log(f"chart written to {args.chart}")
+        except chart.ChartUnavailable as exc:
+            _log(f"no chart: {exc}")
     saver.discard()
     _log(f"done in {results.seconds / 60:.1f} min")
     errors = [key for key in results.rounds if (f := results.failure(*key)) and f.status == "error"]

@@ -71,11 +71,14 @@ test-all: test-rust ## Rust tests, then the pytest suite on every Python present
 test-sdist: ## Build the sdist, install it in a fresh venv, run a program on it (slow)
 	$(PY) -m pytest -q -m slow tests/test_sdist.py
 
-lint: ## cargo fmt --check, clippy -D warnings, ruff, actionlint
+lint: ## cargo fmt --check, clippy -D warnings, ruff, mypy + stubtest, actionlint
 	cargo fmt --check
 	PYO3_PYTHON=$(abspath $(PY)) CARGO_TARGET_DIR=$(TARGET_DIR) cargo clippy --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests benchmarks
 	$(VENV)/bin/ruff format --check python tests benchmarks
+	$(PY) -m mypy
+	$(PY) -m mypy.stubtest ferroloop --mypy-config-file pyproject.toml \
+		--allowlist tests/typecheck/stubtest-allowlist.txt --ignore-unused-allowlist
 	$(VENV)/bin/actionlint .github/workflows/*.yml
 
 fmt: ## Format Rust and Python

@@ -62,7 +62,7 @@ def _use_ferroloop_loops() -> Callable[[], None]:
 
     from ._loop import new_event_loop
 
-    class _FerroloopPolicy(unix_events._UnixDefaultEventLoopPolicy):  # type: ignore[name-defined,misc]
+    class _FerroloopPolicy(unix_events._UnixDefaultEventLoopPolicy):
         _loop_factory = staticmethod(new_event_loop)
 
     # 3.10–3.13 have only the public accessors, which do not warn there.
@@ -214,7 +214,7 @@ def _fresh_main(**attributes: Any) -> dict[str, Any]:
 
 def _run_code(code: str, args: list[str]) -> None:
     sys.argv = ["-c", *args]
-    if sys.path and not sys.flags.safe_path:
+    if sys.path and not getattr(sys.flags, "safe_path", False):
         sys.path[0] = ""
     namespace = _fresh_main(__loader__=importlib.machinery.BuiltinImporter, __spec__=None)
     namespace["__annotations__"] = {}
@@ -242,7 +242,7 @@ def _run_script(script: str, args: list[str]) -> None:
         runpy.run_path(script, run_name="__main__")
         return
     path = os.path.abspath(script)
-    if sys.path and not sys.flags.safe_path:
+    if sys.path and not getattr(sys.flags, "safe_path", False):
         sys.path[0] = os.path.dirname(os.path.realpath(script))
     with io.open_code(path) as source_file:
         source = source_file.read()

@@ -17,6 +17,7 @@ import warnings
 
 from ._format import logger
 from ._servers import _remove_stale_unix_socket, _set_reuseport
+from ._typing import LoopAPI
 
 _PY311 = sys.version_info >= (3, 11)
 _PY312 = sys.version_info >= (3, 12)
@@ -43,7 +44,7 @@ def _not_host_port():
     return (TypeError if _PY311 else AssertionError)("2-tuple is expected")
 
 
-class DatagramMixin:
+class DatagramMixin(LoopAPI):
     """``create_datagram_endpoint``."""
 
     if _PY311:

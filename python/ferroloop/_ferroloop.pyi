@@ -1,54 +1,124 @@
-"""Type stub of the Rust extension (``ferroloop._ferroloop``)."""
+"""Type stub of the Rust extension (``ferroloop._ferroloop``).
 
+Handles are created by the loop only; their ``__class__`` is asyncio's ``Handle`` /
+``TimerHandle``, so the loop's methods are typed as returning those (what ``isinstance`` says).
+"""
+
+import asyncio
 import contextvars
-from collections.abc import Callable
-from typing import Any
+import socket
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, TypeVar, final
+
+from typing_extensions import Self, TypeVarTuple, Unpack, disjoint_base
+
+__all__ = [
+    "BUILD_PROFILE",
+    "CoreLoop",
+    "DatagramTransport",
+    "Handle",
+    "StreamTransport",
+    "TimerHandle",
+    "TlsProtocol",
+    "TlsTransport",
+    "__version__",
+]
+
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
+_TaskFactory = Callable[..., asyncio.Future[Any]]
 
 BUILD_PROFILE: str
 __version__: str
 
+@disjoint_base
 class Handle:
+    _args: tuple[Any, ...] | None
+    _callback: Callable[..., object] | None
+    _cancelled: bool
+    _source_traceback: Any
     def cancel(self) -> None: ...
     def cancelled(self) -> bool: ...
     def get_context(self) -> contextvars.Context: ...
+    def _run(self, event_loop: Any) -> None: ...
 
+@final
 class TimerHandle(Handle):
+    _scheduled: bool
+    _when: float
     def when(self) -> float: ...
 
+@disjoint_base
 class CoreLoop:
     slow_callback_duration: float
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> Self: ...
     def time(self) -> float: ...
     def call_soon(
         self,
-        callback: Callable[..., object],
-        *args: Any,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: Unpack[_Ts],
         context: contextvars.Context | None = None,
-    ) -> Handle: ...
+    ) -> asyncio.Handle: ...
     def call_soon_threadsafe(
         self,
-        callback: Callable[..., object],
-        *args: Any,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: Unpack[_Ts],
         context: contextvars.Context | None = None,
-    ) -> Handle: ...
+    ) -> asyncio.Handle: ...
     def call_later(
         self,
         delay: float,
-        callback: Callable[..., object],
-        *args: Any,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: Unpack[_Ts],
         context: contextvars.Context | None = None,
-    ) -> TimerHandle: ...
+    ) -> asyncio.TimerHandle: ...
     def call_at(
         self,
         when: float,
-        callback: Callable[..., object],
-        *args: Any,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: Unpack[_Ts],
         context: contextvars.Context | None = None,
-    ) -> TimerHandle: ...
-    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None: ...
-    def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None: ...
-    def remove_reader(self, fd: Any) -> bool: ...
-    def remove_writer(self, fd: Any) -> bool: ...
+    ) -> asyncio.TimerHandle: ...
+    def add_reader(
+        self, fd: int | Any, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]
+    ) -> None: ...
+    def add_writer(
+        self, fd: int | Any, callback: Callable[[Unpack[_Ts]], Any], *args: Unpack[_Ts]
+    ) -> None: ...
+    def remove_reader(self, fd: int | Any) -> bool: ...
+    def remove_writer(self, fd: int | Any) -> bool: ...
+    def create_future(self) -> asyncio.Future[Any]: ...
+    def create_task(
+        self,
+        coro: Coroutine[Any, Any, _T] | Generator[Any, None, _T],
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
+        **kwargs: Any,
+    ) -> asyncio.Task[_T]: ...
+    def set_task_factory(self, factory: _TaskFactory | None) -> None: ...
+    def get_task_factory(self) -> _TaskFactory | None: ...
     def stop(self) -> None: ...
     def is_running(self) -> bool: ...
     def is_closed(self) -> bool: ...
     def get_debug(self) -> bool: ...
+    # Private: for the Python layers of ferroloop.Loop.
+    _current_handle: Any  # the running Handle (asyncio's private _source_traceback included)
+    _stopping: bool
+    _thread_id: int | None
+    def _attach_transport(self, transport: Any) -> None: ...
+    def _close(self) -> None: ...
+    def _get_reader(self, fd: int) -> asyncio.Handle | None: ...
+    def _get_writer(self, fd: int) -> asyncio.Handle | None: ...
+    def _run(self) -> None: ...
+    def _set_debug(self, enabled: bool) -> None: ...
+    def _sock_recv(self, sock: socket.socket, fd: int, n: int) -> Any: ...
+    def _sock_recv_into(self, sock: socket.socket, fd: int, buf: Any) -> Any: ...
+    def _sock_sendall(self, sock: socket.socket, fd: int, data: Any) -> Any: ...
+
+# The transports and the TLS protocol are built by the Python layers only (``_transports.py``,
+# ``_servers.py``, ...): typed as Any.
+StreamTransport: Any
+DatagramTransport: Any
+TlsTransport: Any
+TlsProtocol: Any

@@ -20,6 +20,7 @@ import threading
 import traceback
 import warnings
 import weakref
+from typing import Any
 
 from . import _ferroloop
 from ._datagram import DatagramMixin
@@ -65,22 +66,23 @@ class Loop(
     """An asyncio event loop whose core runs in Rust."""
 
     def __init__(self) -> None:
-        self._default_executor = None
+        self._default_executor: Any = None
         self._executor_shutdown_called = False
-        self._exception_handler = None
-        self._asyncgens = weakref.WeakSet()
+        self._exception_handler: Any = None
+        self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
         self._coroutine_origin_tracking_enabled = False
-        self._coroutine_origin_tracking_saved_depth = None
+        self._coroutine_origin_tracking_saved_depth: Any = None
         self._init_signals()
-        self._unix_server_sockets = {}  # listening socket -> inode of its path (3.13+)
+        # listening socket -> inode of its path (3.13+)
+        self._unix_server_sockets: dict[Any, Any] = {}
         self.set_debug(_debug_from_environment())
         # asyncio's C futures and tasks look ``loop.call_soon`` up for every callback they
         # schedule; one bound method kept in the instance spares making one each time.
         # (Not when a subclass overrides call_soon; dropped on close, which breaks the cycle.)
         self._bound_call_soon = None
         if type(self).call_soon is _ferroloop.CoreLoop.call_soon:
-            self.call_soon = self._bound_call_soon = self.call_soon
+            self.call_soon = self._bound_call_soon = self.call_soon  # type: ignore[method-assign]
         self._set_custom_clock(self._time_overridden_by_class())
 
     # asyncio's scheduling reads ``self.time()``; tests fake the clock by replacing

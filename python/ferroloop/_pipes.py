@@ -15,6 +15,7 @@ import os
 import stat
 
 from ._format import logger
+from ._typing import LoopAPI
 
 # asyncio's messages, word for word (the read side says "pipes/sockets" but accepts
 # character devices too).
@@ -32,7 +33,7 @@ def _prepare_pipe(pipe, message: str) -> int:
     return fd
 
 
-class PipesMixin:
+class PipesMixin(LoopAPI):
     """``connect_read_pipe`` and ``connect_write_pipe``."""
 
     async def connect_read_pipe(self, protocol_factory, pipe):

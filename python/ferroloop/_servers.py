@@ -30,6 +30,7 @@ from asyncio.trsock import TransportSocket
 from . import _ferroloop
 from ._format import logger
 from ._sockets import _check_ssl, _numeric_addrinfo
+from ._typing import LoopAPI
 
 _ExceptionGroup = getattr(builtins, "ExceptionGroup", None)
 _PY312_1 = sys.version_info >= (3, 12, 1)
@@ -122,7 +123,7 @@ def _connect_error(exceptions) -> OSError:
     return OSError(f"Multiple exceptions: {', '.join(str(e) for e in exceptions)}")
 
 
-class NetworkMixin:
+class NetworkMixin(LoopAPI):
     """``create_connection``, ``create_server`` and their Unix and accepted-socket variants."""
 
     # -- the transport -------------------------------------------------------------------

@@ -17,13 +17,15 @@ import socket
 import sys
 import warnings
 
+from ._typing import LoopAPI
+
 
 def _noop_handler(signum, frame) -> None:
     # Installed as the Python-level handler: the wakeup fd does the real work.
     pass
 
 
-class SignalsMixin:
+class SignalsMixin(LoopAPI):
     def _init_signals(self) -> None:
         self._signal_handlers = {}
         self._ssock = self._csock = None

@@ -19,6 +19,7 @@ import sys
 from asyncio.exceptions import SendfileNotAvailableError
 
 from . import _ferroloop
+from ._typing import LoopAPI
 
 try:
     import ssl
@@ -142,7 +143,7 @@ def _numeric_addrinfo(host, port, family, type_, proto, flowinfo=0, scopeid=0):
     return None
 
 
-class SocketOpsMixin:
+class SocketOpsMixin(LoopAPI):
     """``loop.sock_*``: coroutines over non-blocking sockets, on the loop's readers/writers."""
 
     def _check_socket(self, sock) -> None:

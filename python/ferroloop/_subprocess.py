@@ -32,6 +32,7 @@ import threading
 import warnings
 
 from ._format import logger
+from ._typing import LoopAPI
 
 _PIPE = subprocess.PIPE
 _PY314 = sys.version_info >= (3, 14)
@@ -428,7 +429,7 @@ class SubprocessTransport(asyncio.SubprocessTransport):
             self._loop = self._proc = self._protocol = None
 
 
-class SubprocessMixin:
+class SubprocessMixin(LoopAPI):
     """``subprocess_exec`` and ``subprocess_shell``."""
 
     async def subprocess_exec(

@@ -18,6 +18,7 @@ from asyncio.exceptions import SendfileNotAvailableError
 from . import _ferroloop
 from ._format import logger
 from ._sockets import SENDFILE_ALWAYS_SEEKS
+from ._typing import LoopAPI
 
 try:
     import ssl
@@ -138,7 +139,7 @@ def _set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class TransportsMixin:
+class TransportsMixin(LoopAPI):
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         """A Rust stream transport for a connected non-blocking stream socket."""
         info = self._socket_info(sock, extra)

@@ -26,7 +26,7 @@ def _install_placeholder() -> None:
     sys.path.insert(0, os.path.dirname(package_dir))
     placeholder = types.ModuleType("ferroloop")
     placeholder.__path__ = [package_dir]
-    placeholder.__bench_stub__ = True
+    placeholder.__dict__["__bench_stub__"] = True
     sys.modules["ferroloop"] = placeholder
 
 

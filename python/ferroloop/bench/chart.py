@@ -18,8 +18,12 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .registry import NON_LOOPS
+
+if TYPE_CHECKING:
+    from .runner import Results
 
 #: The metric preferred where a workload has it.
 PREFERRED_KEY = "server_us"
@@ -41,7 +45,7 @@ class ChartUnavailable(RuntimeError):
     """matplotlib is not installed."""
 
 
-def rows_from_results(results) -> tuple[list[Row], str]:  # type: ignore[no-untyped-def]
+def rows_from_results(results: Results) -> tuple[list[Row], str]:
     """The chart's rows from a run's :class:`~.runner.Results`, and the baseline's name."""
     plan = results.plan
     loops = [c.name for c in plan.contestants if c.available and c.name not in NON_LOOPS]

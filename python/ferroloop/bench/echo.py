@@ -31,6 +31,7 @@ A deliberately broken Python server (``corrupt="flip"`` flips one byte per conne
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import select
@@ -91,7 +92,7 @@ class Tamper:
         self.echoed = 0
         self.done = False
 
-    def __call__(self, data: bytes) -> bytes:
+    def __call__(self, data: bytes | bytearray) -> bytes:
         if not self.done and self.echoed >= CORRUPT_AFTER:
             self.done = True
             if self.mode == "flip":
@@ -101,7 +102,7 @@ class Tamper:
             else:
                 data = data[:-1]
         self.echoed += len(data)
-        return data
+        return bytes(data)  # no copy for bytes
 
 
 def announce(port: int) -> None:
@@ -306,11 +307,11 @@ class _Echoing:
         self.got = 0
         #: Where in the pool the message being echoed starts.
         self.start = 0
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None  # an asyncio.Transport once connected
         self.closed = run.loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -385,14 +386,14 @@ async def _drive_tcp(
 ) -> dict:
     run = Run(loop, size)
     tls: dict[str, Any] = {}
-    protocol: type[_Echoing] = _EchoClient
+    protocol: Any = _EchoClient
     if cafile:
         tls = {"ssl": tls_client_context(cafile), "server_hostname": TLS_HOSTNAME}
         protocol = _BufferedEchoClient
     clients = []
     for index in range(connections):
         _, proto = await loop.create_connection(
-            lambda index=index: protocol(run, index), "127.0.0.1", port, **tls
+            functools.partial(protocol, run, index), "127.0.0.1", port, **tls
         )
         clients.append(proto)
     return await measure_clients(
@@ -467,6 +468,7 @@ def python_server(module: str, function: str, **kwargs: Any) -> list[str]:
 
 
 def _read_line(proc: subprocess.Popen[str], timeout: float) -> dict | None:
+    assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     if not ready:
         return None

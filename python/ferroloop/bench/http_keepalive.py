@@ -65,9 +65,10 @@ def _protocol_class(corrupt: str) -> type[asyncio.Protocol]:
 
     class HttpProtocol(asyncio.Protocol):
         __slots__ = ("keep_alive", "parser", "transport")
+        transport: asyncio.Transport
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            self.transport = transport
+            self.transport = transport  # type: ignore[assignment]
             self.parser = httptools.HttpRequestParser(self)
             self.keep_alive = True
 

@@ -15,12 +15,13 @@ import asyncio
 import importlib
 import resource
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from . import contestants, procstat, subproc
 from .registry import ERROR, OK, UNSUPPORTED, Measurement, Metric, Settings, Workload
 
-Bench = Callable[[asyncio.AbstractEventLoop, float], Awaitable[tuple[int, float]]]
+Bench = Callable[[asyncio.AbstractEventLoop, float], Coroutine[Any, Any, tuple[int, float]]]
 
 _perf = time.perf_counter
 
@@ -136,7 +137,7 @@ async def bench_future_pingpong(
     ``loop.create_future()`` that the other side resolves.  A round trip is two future
     completions and two task wake-ups."""
     ping = loop.create_future()
-    pong: asyncio.Future | None = None
+    pong: asyncio.Future[int] = loop.create_future()
 
     async def ponger() -> None:
         nonlocal ping

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
+from typing import Any
 
 from . import echo, floor
 from .echo import CONNECTIONS
@@ -74,11 +75,11 @@ class _UdpClient(asyncio.DatagramProtocol):
         self.index = index
         self.sent = 0
         self.offset = 0  # in the run's pool: the datagram awaiting its echo
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: Any = None  # an asyncio.DatagramTransport once connected
         self.closed = run.loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
         self._send()
 
     def _send(self) -> None:
@@ -127,7 +128,7 @@ async def _drive(
     clients = []
     for index in range(sockets):
         _, proto = await loop.create_datagram_endpoint(
-            lambda index=index: _UdpClient(run, index), remote_addr=("127.0.0.1", port)
+            functools.partial(_UdpClient, run, index), remote_addr=("127.0.0.1", port)
         )
         clients.append(proto)
     result = await echo.measure_clients(

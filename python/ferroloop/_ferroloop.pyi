@@ -6,6 +6,7 @@ Handles are created by the loop only; their ``__class__`` is asyncio's ``Handle`
 
 import asyncio
 import contextvars
+import os
 import socket
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar, final
@@ -22,6 +23,9 @@ __all__ = [
     "TlsProtocol",
     "TlsTransport",
     "__version__",
+    "path_mode_and_inode",
+    "sendfile",
+    "unlink_path",
 ]
 
 _T = TypeVar("_T")
@@ -30,6 +34,13 @@ _TaskFactory = Callable[..., asyncio.Future[Any]]
 
 BUILD_PROFILE: str
 __version__: str
+
+# The file-system calls of the Unix servers and loop.sendfile (src/fs_ops.rs).
+def path_mode_and_inode(
+    path: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+) -> tuple[int, int]: ...
+def unlink_path(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> None: ...
+def sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int: ...
 
 @disjoint_base
 class Handle:

@@ -231,11 +231,6 @@ def test_print_loop_names_a_loop_the_program_chose_itself(tmp_path):
 
 def test_no_warning_on_the_programs_behalf(tmp_path, program):
     """Under -W error (policy deprecations are errors on 3.14+), run itself warns nothing."""
-    silent_import = subprocess.run(
-        [sys.executable, "-W", "error", "-c", "import ferroloop"], capture_output=True
-    )
-    if silent_import.returncode != 0:
-        pytest.xfail("`import ferroloop` itself warns on this Python (issue 12)")
     proc = ferroloop_run(str(program), cwd=tmp_path, python_flags=("-W", "error"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""

@@ -12,6 +12,8 @@ gone in 3.16): ``EventLoopPolicy`` is made on first use, see ``_policy.py``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from . import (
     _interpreter,  # noqa: F401  (first: refuses a subinterpreter)
     _policy,
@@ -19,6 +21,13 @@ from . import (
 from ._ferroloop import BUILD_PROFILE, __version__
 from ._loop import Loop, new_event_loop
 from ._run import run
+
+if TYPE_CHECKING:  # at run time, made on first use by __getattr__ (see _policy.py)
+    from asyncio import DefaultEventLoopPolicy as _StockPolicy
+
+    class EventLoopPolicy(_StockPolicy):
+        def new_event_loop(self) -> Loop: ...
+
 
 __all__ = [
     "BUILD_PROFILE",
@@ -45,7 +54,7 @@ def install() -> None:
     _policy.install()
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type:
     # ``EventLoopPolicy`` subclasses asyncio's policy, which 3.14 deprecates and 3.16 removes:
     # it is made when first asked for, never at import.
     if name == "EventLoopPolicy":

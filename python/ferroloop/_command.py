@@ -5,10 +5,11 @@
 (``sys.argv``, ``sys.path[0]``, the ``__main__`` module, exit status, tracebacks, signals), except
 that every event loop asyncio creates is a ferroloop loop:
 
-* the event-loop policy is replaced before the program starts (:func:`_use_ferroloop_loops`), so
-  ``asyncio.run``, ``asyncio.Runner``, ``asyncio.new_event_loop`` and ``asyncio.get_event_loop``
-  (where the Python version still creates a loop there) make ferroloop loops, without asyncio's
-  policy deprecation warnings on 3.14+;
+* the event-loop policy is replaced before the program starts
+  (``_policy.use_ferroloop_for_every_new_loop``), so ``asyncio.run``, ``asyncio.Runner``,
+  ``asyncio.new_event_loop`` and ``asyncio.get_event_loop`` (where the Python version still
+  creates a loop there) make ferroloop loops, without asyncio's policy deprecation warnings on
+  3.14+;
 * libraries that build their loop without asking asyncio's policy are adapted when they are
   imported (:data:`_LIBRARY_DEFAULTS`): uvicorn's default ``--loop auto``.
 
@@ -31,6 +32,8 @@ import types
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from . import _policy
+
 USAGE = """\
 usage: python -m ferroloop run [--print-loop] (SCRIPT | -m MODULE | -c CODE) [ARGS ...]
 
@@ -44,33 +47,6 @@ options:
 
 
 # --------------------------------------------------------------------------- installing the loop
-
-
-def _use_ferroloop_loops() -> Callable[[], None]:
-    """Make every loop asyncio creates from now on a ferroloop loop, without warnings; returns a
-    function that puts the previous event-loop policy back.
-
-    The policy is a subclass of the interpreter's default one (so ``get_event_loop``, the child
-    watchers of 3.10–3.13, everything else stays as asyncio has it) whose loop factory is
-    ``ferroloop.new_event_loop``.  It is set through asyncio's private, non-warning accessors
-    where 3.14+ deprecates the public ones.
-
-    This is the one place ``run`` and the pytest plugin install ferroloop; it is meant to become
-    a call to the shared helper of ``ferroloop._policy`` once that exists.
-    """
-    from asyncio import events, unix_events
-
-    from ._loop import new_event_loop
-
-    class _FerroloopPolicy(unix_events._UnixDefaultEventLoopPolicy):
-        _loop_factory = staticmethod(new_event_loop)
-
-    # 3.10–3.13 have only the public accessors, which do not warn there.
-    getter = getattr(events, "_get_event_loop_policy", asyncio.get_event_loop_policy)
-    setter = getattr(events, "_set_event_loop_policy", asyncio.set_event_loop_policy)
-    previous = getter()
-    setter(_FerroloopPolicy())
-    return lambda: setter(previous)
 
 
 def _uvicorn_auto(module: types.ModuleType) -> None:
@@ -293,7 +269,7 @@ def main(argv: list[str]) -> None:
     else:
         kind, target, args = "script", rest[0], rest[1:]
 
-    _use_ferroloop_loops()
+    _policy.use_ferroloop_for_every_new_loop()
     _adapt_libraries()
     if print_loop:
         _report_running_loops()

@@ -23,6 +23,7 @@ import asyncio
 import asyncio.events
 import sys
 from collections.abc import Callable
+from typing import Any
 
 # From 3.14 on, asyncio's public policy names emit DeprecationWarning.
 _POLICIES_DEPRECATED = sys.version_info >= (3, 14)
@@ -63,7 +64,7 @@ def event_loop_policy_class() -> type:
     global _policy_class
     if _policy_class is not None:
         return _policy_class
-    base = _stock_policy_class()
+    base: Any = _stock_policy_class()
     if base is None or not has_policies():
         raise AttributeError(
             "ferroloop.EventLoopPolicy needs asyncio's event-loop policies, which this Python "
@@ -151,7 +152,7 @@ def _replace_new_event_loop() -> Callable[[], None]:
     ``asyncio.Runner`` call without a ``loop_factory``); return ``undo``."""
     from ._loop import new_event_loop
 
-    modules = [asyncio, asyncio.events]
+    modules: list[Any] = [asyncio, asyncio.events]
     saved = [(module, module.new_event_loop) for module in modules]
     for module in modules:
         module.new_event_loop = new_event_loop

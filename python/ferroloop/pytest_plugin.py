@@ -41,9 +41,9 @@ def _enabled(config: pytest.Config) -> bool:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     if _enabled(config):
-        from ._command import _use_ferroloop_loops
+        from ._policy import use_ferroloop_for_every_new_loop
 
-        config.stash[_UNDO] = _use_ferroloop_loops()
+        config.stash[_UNDO] = use_ferroloop_for_every_new_loop()
         if config.pluginmanager.has_plugin("asyncio"):  # pytest-asyncio
             config.pluginmanager.register(_ProjectLoopFactories(), "ferroloop-loop-factories")
             config.pluginmanager.register(_DefaultLoopFactory(), "ferroloop-default-loop-factory")

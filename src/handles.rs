@@ -279,7 +279,8 @@ impl Handle {
     }
 
     /// The loop lets go of a handle it ran: a one-shot handle nobody else refers to is
-    /// emptied and kept for `one_shot`.
+    /// emptied and kept for `one_shot`. Inlined: it runs after every callback.
+    #[inline(always)]
     pub fn recycle(handle: Bound<'_, Handle>) {
         let py = handle.py();
         let this = handle.get();
@@ -337,6 +338,15 @@ impl Handle {
     #[inline]
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// The callable, while the handle has it (for describing a slow callback after it ran:
+    /// a one-shot handle lets go of it when it runs).
+    pub fn callback_object<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.callback
+            .borrow(py)
+            .as_ref()
+            .map(|c| c.func.bind(py).clone())
     }
 
     /// Marks the handle cancelled; returns whether it was live before.
@@ -523,6 +533,11 @@ impl TimerHandle {
 
     pub fn set_unscheduled(&self) {
         self.scheduled.store(false, Ordering::Relaxed);
+    }
+
+    /// The deadline, as a float (for the loop's lag figures).
+    pub fn deadline(&self) -> f64 {
+        self.when
     }
 }
 

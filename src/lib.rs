@@ -28,6 +28,7 @@ mod freelist;
 mod fs_ops;
 mod gil_cell;
 mod handles;
+mod metrics;
 pub mod poller;
 mod sock_ops;
 mod sys;

@@ -286,6 +286,11 @@ impl<T> IoMap<T> {
         }
     }
 
+    /// Whether `fd` is registered (for its reader, its writer or native waits).
+    pub fn contains(&self, fd: RawFd) -> bool {
+        self.entries.contains_key(&fd)
+    }
+
     /// Whether `fd` has a reader or a writer.
     pub fn has_handles(&self, fd: RawFd) -> bool {
         self.entries

@@ -20,6 +20,7 @@ from . import (
 )
 from ._ferroloop import BUILD_PROFILE, __version__
 from ._loop import Loop, new_event_loop
+from ._metrics import LoopMetrics, SlowCallback
 from ._run import run
 
 if TYPE_CHECKING:  # at run time, made on first use by __getattr__ (see _policy.py)
@@ -33,6 +34,8 @@ __all__ = [
     "BUILD_PROFILE",
     "EventLoopPolicy",
     "Loop",
+    "LoopMetrics",
+    "SlowCallback",
     "__version__",
     "install",
     "new_event_loop",

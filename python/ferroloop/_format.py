@@ -104,3 +104,44 @@ def check_callback(callback, method: str) -> None:
         raise TypeError(f"coroutines cannot be used with {method}()")
     if not callable(callback):
         raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
+
+
+def _describe_callback(func) -> str:
+    # A task's step or wake-up is best named by its task (the coroutine, and the line it
+    # stopped at). Arguments are left out: metrics may be exported, and arguments may hold
+    # secrets (asyncio itself shows them only in debug mode since 3.13).
+    owner = getattr(func, "__self__", None)
+    if isinstance(owner, asyncio.Task):
+        return repr(owner)
+    return format_callback(func, (), debug=False)
+
+
+def _describe_transport(transport, side: str) -> str:
+    protocol = transport.get_protocol()
+    app_transport = getattr(protocol, "_app_transport", None)  # TLS: the application's
+    if app_transport is not None:
+        protocol = app_transport.get_protocol()
+    what = "reading" if side == "read" else "writing"
+    return f"{what} {transport!r} for {type(protocol).__qualname__}"
+
+
+def describe_slow(subject, side: str | None = None) -> tuple[str, str | None]:
+    """``(description, source)`` of a slow callback, for ``loop.metrics()``.
+
+    ``subject`` is a handle (debug mode: ``source`` is where it was scheduled), a callback,
+    a transport (``side`` is ``"read"`` or ``"write"``), or the fd of a native ``sock_*``
+    operation (with ``side``).
+    """
+    if isinstance(subject, int):
+        op = "sock_recv" if side == "read" else "sock_sendall"
+        return f"{op} on fd {subject}", None
+    if side is not None:
+        return _describe_transport(subject, side), None
+    callback = getattr(subject, "_callback", None) if isinstance(subject, asyncio.Handle) else None
+    if callback is None:
+        return _describe_callback(subject), None
+    source = None
+    tb = subject._source_traceback
+    if tb:
+        source = f"{tb[-1][0]}:{tb[-1][1]}"
+    return _describe_callback(callback), source

@@ -26,6 +26,7 @@ from . import _ferroloop
 from ._datagram import DatagramMixin
 from ._format import format_callback
 from ._format import logger as _logger
+from ._metrics import LoopMetrics
 from ._pipes import PipesMixin
 from ._servers import NetworkMixin
 from ._signals import SignalsMixin
@@ -208,9 +209,20 @@ class Loop(
 
     def _log_slow_callback(self, handle, seconds: float) -> None:
         # As asyncio: a handle running a task's step is shown as the task.
-        task = getattr(handle._callback, "__self__", None)
+        task = getattr(getattr(handle, "_callback", None), "__self__", None)
         what = repr(task) if isinstance(task, asyncio.Task) else str(handle)
         _logger().warning("Executing %s took %.3f seconds", what, seconds)
+
+    # -- metrics -------------------------------------------------------------------------
+
+    def metrics(self, *, reset: bool = False) -> LoopMetrics:
+        """A snapshot of what the loop has done (see ``LoopMetrics`` and docs/metrics.md).
+
+        With ``reset=True``, the timer-lag histogram and the slowest callbacks start afresh
+        after this snapshot (the counters never reset). Callable from any thread, and on a
+        closed loop.
+        """
+        return LoopMetrics._from_core(self._metrics(bool(reset)))
 
     # -- futures and tasks ---------------------------------------------------------------
 

@@ -38,11 +38,14 @@ use crate::attach::SafeCall;
 use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::handles::{format_module, Args, Handle, TimerHandle};
+use crate::metrics::Metrics;
 use crate::poller::{interest_of, FdMap, IoMap, Ready, Side};
 use crate::sock_ops::{self, OpKind, SockOp};
 use crate::timers::{wait_duration, TimerHeap};
 
+mod batch;
 mod fastcall;
+mod metrics;
 mod native_io;
 
 use crate::transport::{DatagramTransport, NativeTransport, StreamTransport};
@@ -163,6 +166,8 @@ pub(crate) struct State {
     task_factory: Option<Py<PyAny>>,
     /// `{"loop": self}`, the keyword arguments of every `Future` and `Task` made here.
     loop_kwargs: Option<Py<PyDict>>,
+    /// What `loop.metrics()` reports (see `crate::metrics`).
+    metrics: Metrics,
 }
 
 impl State {
@@ -485,11 +490,15 @@ impl CoreLoop {
     }
 
     /// Steps 1 and 2 of an iteration: compute the wait, poll, queue what became ready.
-    /// `clock`: the time timers are compared with (`monotonic`, or an overridden clock's).
+    /// `custom_now`: an overridden clock's time, which timers are compared with; None for
+    /// the monotonic clock.
     #[inline]
-    fn poll_io(&self, py: Python<'_>, clock: impl Fn() -> f64) -> PyResult<()> {
+    fn poll_io(&self, py: Python<'_>, custom_now: Option<f64>) -> PyResult<()> {
         let (timeout, pruned) = {
             let mut st = self.state.borrow_mut(py);
+            st.metrics.iterations += 1;
+            // The clock as the last batch ended (read there; see `run_ready`).
+            let now = st.metrics.mark;
             // A plain load first: the exchange is an atomic read-modify-write, and most
             // iterations have nothing to take.
             if self.timers_cancelled.load(Ordering::Relaxed) > 0 {
@@ -512,7 +521,6 @@ impl CoreLoop {
             }
             let stopping = self.stopping.load(Ordering::Relaxed);
             let timeout = if !ready.is_empty() || stopping {
-                let now = monotonic();
                 if !stopping && now - st.last_poll < BUSY_POLL_INTERVAL {
                     drop(st);
                     drop(pruned);
@@ -521,7 +529,7 @@ impl CoreLoop {
                 st.last_poll = now;
                 Some(Duration::ZERO)
             } else {
-                let now = clock();
+                let now = custom_now.unwrap_or(now);
                 timers.next_when().map(|when| wait_duration(when - now))
             };
             (timeout, pruned)
@@ -543,7 +551,10 @@ impl CoreLoop {
             self.sleeping.store(false, Ordering::SeqCst);
             self.wake_pending.store(false, Ordering::SeqCst);
             // This poll counts for the busy-poll interval too.
-            self.state.borrow_mut(py).last_poll = monotonic();
+            let now = monotonic();
+            let mut st = self.state.borrow_mut(py);
+            st.last_poll = now;
+            st.metrics.waited(now);
             r
         };
         match result {
@@ -562,13 +573,16 @@ impl CoreLoop {
                 ready,
                 transports,
                 sock_waits,
+                metrics,
                 ..
             } = &mut *st;
+            let mut reports = 0;
             for ev in events.iter() {
                 let token = ev.token();
                 if token == WAKER_TOKEN {
                     continue;
                 }
+                reports += 1;
                 if token.0 & NATIVE_BIT != 0 {
                     let r = Ready::from_event(ev);
                     let fd = (token.0 & !NATIVE_BIT) as RawFd;
@@ -599,81 +613,47 @@ impl CoreLoop {
                     }
                 }
             }
+            metrics.io_events += reports;
         }
         Ok(())
     }
 
-    /// Step 3: due timers join the ready queue.
+    /// Step 3: due timers join the ready queue. `custom_now`: as for `poll_io`.
     #[inline]
-    fn collect_timers(&self, py: Python<'_>, now: impl FnOnce() -> f64) {
+    fn collect_timers(&self, py: Python<'_>, custom_now: Option<f64>) {
         let mut dead = Vec::new();
         {
             let mut st = self.state.borrow_mut(py);
             if st.timers.is_empty() {
+                // A timer scheduled from now on is late from no earlier than now (on an
+                // overridden clock, from its deadline).
+                st.metrics.timer_ref = match custom_now {
+                    None => st.metrics.mark,
+                    Some(_) => f64::NEG_INFINITY,
+                };
                 return;
             }
-            let now = now();
-            let State { timers, ready, .. } = &mut *st;
+            let now = custom_now.unwrap_or_else(monotonic);
+            let State {
+                timers,
+                ready,
+                metrics,
+                ..
+            } = &mut *st;
             while let Some(t) = timers.pop_due(now) {
                 t.get().set_unscheduled();
                 let bound = t.bind(py);
                 if bound.as_super().get().is_cancelled() {
                     dead.push(t);
                 } else {
+                    metrics.timer_fired(t.get().deadline(), now);
                     ready.push_back(ReadyItem::Handle(bound.as_super().clone().unbind()));
                     dead.push(t);
                 }
             }
+            metrics.timer_ref = now;
         }
         drop(dead);
-    }
-
-    /// Step 4: run the handles that are ready now, and only those.
-    fn run_ready(&self, slf: &Bound<'_, CoreLoop>) -> PyResult<()> {
-        let py = slf.py();
-        let ntodo = self.state.borrow(py).ready.len();
-        let debug = self.debug.load(Ordering::Relaxed);
-        for _ in 0..ntodo {
-            let next = self.state.borrow_mut(py).ready.pop_front();
-            let handle = match next {
-                None => break,
-                Some(ReadyItem::Handle(h)) => h.into_bound(py),
-                Some(ReadyItem::Stream(t, side)) => {
-                    match side {
-                        Side::Read => StreamTransport::on_readable(t.bind(py))?,
-                        Side::Write => StreamTransport::on_writable(t.bind(py))?,
-                    }
-                    continue;
-                }
-                Some(ReadyItem::Datagram(t, side)) => {
-                    match side {
-                        Side::Read => DatagramTransport::on_readable(t.bind(py))?,
-                        Side::Write => DatagramTransport::on_writable(t.bind(py))?,
-                    }
-                    continue;
-                }
-                Some(ReadyItem::Sock(fd, side)) => {
-                    self.run_sock_op(py, fd, side)?;
-                    continue;
-                }
-            };
-            if debug {
-                self.state.borrow_mut(py).current = Some(handle.clone().unbind());
-                let t0 = monotonic();
-                let result = Handle::run(&handle, slf.as_any());
-                let dt = monotonic() - t0;
-                let current = self.state.borrow_mut(py).current.take();
-                drop(current);
-                result?;
-                if dt >= self.state.borrow(py).slow_callback_duration {
-                    slf.safe_method(intern!(py, "_log_slow_callback"), (&handle, dt), None)?;
-                }
-            } else {
-                Handle::run(&handle, slf.as_any())?;
-                Handle::recycle(handle);
-            }
-        }
-        Ok(())
     }
 
     /// The rest of a `sock_sendall` that could not send everything at once: a future
@@ -700,8 +680,8 @@ impl CoreLoop {
         if self.custom_clock.load(Ordering::Relaxed) {
             return self.run_once_custom_clock(slf);
         }
-        self.poll_io(py, monotonic)?;
-        self.collect_timers(py, monotonic);
+        self.poll_io(py, None)?;
+        self.collect_timers(py, None);
         self.run_ready(slf)
     }
 
@@ -714,9 +694,9 @@ impl CoreLoop {
         let py = slf.py();
         let time = intern!(py, "time");
         let now: f64 = slf.safe_method0(time)?.extract()?;
-        self.poll_io(py, || now)?;
+        self.poll_io(py, Some(now))?;
         let now: f64 = slf.safe_method0(time)?.extract()?;
-        self.collect_timers(py, || now);
+        self.collect_timers(py, Some(now));
         self.run_ready(slf)
     }
 }
@@ -746,6 +726,7 @@ impl CoreLoop {
                 last_poll: 0.0,
                 task_factory: None,
                 loop_kwargs: None,
+                metrics: Metrics::new(monotonic()),
             }),
             poll: Mutex::new(Some((poll, Events::with_capacity(EVENTS_CAPACITY)))),
             sleeping: AtomicBool::new(false),
@@ -1135,6 +1116,13 @@ impl CoreLoop {
         self.state.borrow_mut(py).slow_callback_duration = value;
     }
 
+    /// The figures of `loop.metrics()` as a dict (`ferroloop._metrics` makes the object);
+    /// `reset` empties the timer-lag histogram and the slowest callbacks afterwards.
+    #[pyo3(signature = (reset=false))]
+    fn _metrics<'py>(&self, py: Python<'py>, reset: bool) -> PyResult<Bound<'py, PyDict>> {
+        self.metrics_snapshot(py, reset)
+    }
+
     /// The identifier of the thread running the loop, or None.
     #[getter]
     fn _thread_id(&self) -> Option<u64> {
@@ -1181,13 +1169,17 @@ impl CoreLoop {
             }
         }
         let _running = Running(this);
+        let py = slf.py();
+        this.state.borrow_mut(py).metrics.run_started(monotonic());
         // Interpreter exit may end this thread while callbacks run (see `attach`).
-        attach::hang_on_exit(|| loop {
+        let result = attach::hang_on_exit(|| loop {
             this.run_once(slf)?;
             if this.stopping.load(Ordering::Relaxed) {
                 return Ok(());
             }
-        })
+        });
+        this.state.borrow_mut(py).metrics.worked(monotonic());
+        result
     }
 
     /// Releases the queues, the registrations and the poller (the Rust half of `close`).

@@ -1,0 +1,270 @@
+//! Step 4 of an iteration: running the callbacks that were ready when it began, and
+//! what `loop.metrics()` learns from it (the figures are in `crate::metrics`).
+//!
+//! Discussion: outside debug mode callbacks are not timed one by one (see
+//! `crate::metrics`); the batch is, by the one clock reading that ends it. When an
+//! iteration's busy time reaches `slow_callback_duration` and it ran one callback, that
+//! callback is the slow one and is named; when it ran several, the entry says how many and
+//! names none. Debug mode times each callback, logs the slow ones as asyncio does, and
+//! names them with the line that scheduled them. Naming calls Python
+//! (`_format.describe_slow`), only for an entry that makes the list of the slowest.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
+use super::{monotonic, CoreLoop, ReadyItem};
+use crate::attach::SafeCall;
+use crate::handles::{format_module, Handle};
+use crate::metrics::Slow;
+use crate::poller::Side;
+use crate::transport::{DatagramTransport, StreamTransport};
+
+/// What ran alone in an iteration, kept until the iteration's time is known, to name it if
+/// that was slow; or (debug mode) a callback being timed.
+pub(super) enum Subject<'py> {
+    /// A handle's callable, or (debug mode) the handle.
+    Callback(Bound<'py, PyAny>),
+    /// A Rust transport's read or write turn.
+    Transport(Bound<'py, PyAny>, Side),
+    /// A native `sock_*` operation's turn.
+    Sock(RawFd, Side),
+}
+
+impl<'py> Subject<'py> {
+    /// What `item` runs (a one-shot handle lets go of its callable when it runs: it is
+    /// kept here).
+    fn of(py: Python<'py>, item: &ReadyItem) -> Option<Subject<'py>> {
+        Some(match item {
+            ReadyItem::Handle(h) => Subject::Callback(h.get().callback_object(py)?),
+            ReadyItem::Stream(t, side) => Subject::Transport(t.bind(py).clone().into_any(), *side),
+            ReadyItem::Datagram(t, side) => {
+                Subject::Transport(t.bind(py).clone().into_any(), *side)
+            }
+            ReadyItem::Sock(fd, side) => Subject::Sock(*fd, *side),
+        })
+    }
+
+    /// `_format.describe_slow(...)`: an entry naming it and, for a handle in debug mode,
+    /// where it was scheduled. A failure (a `repr` that raises) gives a generic
+    /// description: metrics never raise.
+    fn describe(&self, py: Python<'_>, duration: f64, at: f64) -> Slow {
+        let described = match self {
+            Subject::Callback(c) => describe_slow(c, None),
+            Subject::Transport(t, side) => describe_slow(t, Some(*side)),
+            Subject::Sock(fd, side) => {
+                let Ok(fd) = fd.into_pyobject(py);
+                describe_slow(fd.as_any(), Some(*side))
+            }
+        };
+        let (description, source) = match described {
+            Ok((d, s)) => (Some(d), s),
+            Err(_) => (Some("<callback>".to_owned()), None),
+        };
+        Slow {
+            duration,
+            at,
+            callbacks: 1,
+            description,
+            source,
+        }
+    }
+}
+
+fn describe_slow(
+    subject: &Bound<'_, PyAny>,
+    side: Option<Side>,
+) -> PyResult<(String, Option<String>)> {
+    let py = subject.py();
+    let side = side.map(|s| match s {
+        Side::Read => "read",
+        Side::Write => "write",
+    });
+    format_module(py)?
+        .safe_method(intern!(py, "describe_slow"), (subject, side), None)?
+        .extract()
+}
+
+impl CoreLoop {
+    /// Step 4: run the handles that are ready now, and only those. Then the clock is read,
+    /// once: the reading ends the iteration's busy time (see `crate::metrics`) and is the
+    /// next poll's "now", so the loop reads the clock no more often than it did without
+    /// metrics (but for a wait with no timer pending, which now has its start read).
+    pub(super) fn run_ready(&self, slf: &Bound<'_, CoreLoop>) -> PyResult<()> {
+        let py = slf.py();
+        let (ntodo, threshold) = {
+            let st = self.state.borrow(py);
+            (st.ready.len(), st.slow_callback_duration)
+        };
+        let debug = self.debug.load(Ordering::Relaxed);
+        // What runs alone is named if the iteration turns out slow.
+        let alone = ntodo == 1 && !debug;
+        let mut subject = None;
+        let mut ran = 0;
+        let mut slow_seen = false;
+        for _ in 0..ntodo {
+            let Some(item) = self.state.borrow_mut(py).ready.pop_front() else {
+                break;
+            };
+            if alone {
+                subject = Subject::of(py, &item);
+            }
+            self.run_item(slf, item, debug, (&mut ran, &mut slow_seen))
+                .inspect_err(|_| self.state.borrow_mut(py).metrics.callbacks += ran)?;
+        }
+        let now = monotonic();
+        let span = {
+            let mut st = self.state.borrow_mut(py);
+            st.metrics.callbacks += ran;
+            st.metrics.worked(now)
+        };
+        // (A NaN threshold is never reached.)
+        if span >= threshold {
+            self.slow_iteration(py, (span, now), ran, subject, slow_seen);
+        }
+        Ok(())
+    }
+
+    /// Runs one entry of the ready queue; counts it in `ran` unless it is a cancelled
+    /// handle, and (debug mode) notes in `slow_seen` that it was slow.
+    #[inline(always)]
+    fn run_item(
+        &self,
+        slf: &Bound<'_, CoreLoop>,
+        item: ReadyItem,
+        debug: bool,
+        (ran, slow_seen): (&mut u64, &mut bool),
+    ) -> PyResult<()> {
+        let py = slf.py();
+        match item {
+            ReadyItem::Handle(h) => {
+                let handle = h.into_bound(py);
+                *ran += u64::from(!handle.get().is_cancelled());
+                if debug {
+                    *slow_seen |= self.run_debug(slf, &handle)?;
+                } else {
+                    Handle::run(&handle, slf.as_any())?;
+                    Handle::recycle(handle);
+                }
+                return Ok(());
+            }
+            _ if debug => {
+                *ran += 1;
+                *slow_seen |= self.run_turn_debug(slf, item)?;
+                return Ok(());
+            }
+            ReadyItem::Stream(t, Side::Read) => StreamTransport::on_readable(t.bind(py))?,
+            ReadyItem::Stream(t, Side::Write) => StreamTransport::on_writable(t.bind(py))?,
+            ReadyItem::Datagram(t, Side::Read) => DatagramTransport::on_readable(t.bind(py))?,
+            ReadyItem::Datagram(t, Side::Write) => DatagramTransport::on_writable(t.bind(py))?,
+            ReadyItem::Sock(fd, side) => self.run_sock_op(py, fd, side)?,
+        }
+        *ran += 1;
+        Ok(())
+    }
+
+    /// A handle's run in debug mode: timed, and known as the current handle meanwhile.
+    /// Returns whether it was slow.
+    #[inline(never)]
+    fn run_debug(&self, slf: &Bound<'_, CoreLoop>, handle: &Bound<'_, Handle>) -> PyResult<bool> {
+        let py = slf.py();
+        self.state.borrow_mut(py).current = Some(handle.clone().unbind());
+        let t0 = monotonic();
+        let result = Handle::run(handle, slf.as_any());
+        let dt = monotonic() - t0;
+        let current = self.state.borrow_mut(py).current.take();
+        drop(current);
+        result?;
+        self.note_if_slow(slf, &Subject::Callback(handle.clone().into_any()), dt)
+    }
+
+    /// A turn of native I/O in debug mode: timed. Returns whether it was slow.
+    #[inline(never)]
+    fn run_turn_debug(&self, slf: &Bound<'_, CoreLoop>, item: ReadyItem) -> PyResult<bool> {
+        let py = slf.py();
+        let subject = Subject::of(py, &item);
+        let t0 = monotonic();
+        let mut unused = (0, false);
+        self.run_item(slf, item, false, (&mut unused.0, &mut unused.1))?;
+        let dt = monotonic() - t0;
+        match subject {
+            Some(subject) => self.note_if_slow(slf, &subject, dt),
+            None => Ok(false),
+        }
+    }
+
+    /// An iteration was busy for `span` seconds (ending at `now`), at least
+    /// `slow_callback_duration`: counted, and listed if among the slowest.
+    #[cold]
+    #[inline(never)]
+    fn slow_iteration(
+        &self,
+        py: Python<'_>,
+        (span, now): (f64, f64),
+        ran: u64,
+        subject: Option<Subject<'_>>,
+        slow_seen: bool,
+    ) {
+        let admitted = {
+            let mut st = self.state.borrow_mut(py);
+            let m = &mut st.metrics;
+            m.slow_iterations += 1;
+            if subject.is_some() {
+                m.slow_callbacks += 1;
+            }
+            !slow_seen && m.slowest.admits(span)
+        };
+        if admitted {
+            let entry = match &subject {
+                Some(s) => s.describe(py, span, now),
+                None => Slow {
+                    duration: span,
+                    at: now,
+                    callbacks: ran,
+                    description: None,
+                    source: None,
+                },
+            };
+            self.state.borrow_mut(py).metrics.slowest.insert(entry);
+        }
+        drop(subject);
+    }
+
+    /// A callback (a handle, or a turn of native I/O) timed in debug mode ran for
+    /// `seconds`: if that is `slow_callback_duration` or more, it is logged (as asyncio
+    /// does), counted and maybe listed. Returns whether it was slow.
+    fn note_if_slow(
+        &self,
+        slf: &Bound<'_, CoreLoop>,
+        subject: &Subject<'_>,
+        seconds: f64,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        let admitted = {
+            let mut st = self.state.borrow_mut(py);
+            // (A NaN threshold is never reached.)
+            let slow = seconds >= st.slow_callback_duration;
+            if !slow {
+                return Ok(false);
+            }
+            st.metrics.slow_callbacks += 1;
+            st.metrics.slowest.admits(seconds)
+        };
+        let now = monotonic();
+        let entry = subject.describe(py, seconds, now);
+        let logged = match (subject, &entry.description) {
+            // asyncio's message names the handle.
+            (Subject::Callback(handle), _) => handle.clone(),
+            (_, Some(d)) => PyString::new(py, d).into_any(),
+            (_, None) => PyString::new(py, "<callback>").into_any(),
+        };
+        slf.safe_method(intern!(py, "_log_slow_callback"), (logged, seconds), None)?;
+        if admitted {
+            self.state.borrow_mut(py).metrics.slowest.insert(entry);
+        }
+        Ok(true)
+    }
+}

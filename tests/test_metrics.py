@@ -373,3 +373,23 @@ def test_a_closed_loop_still_answers(floop):
     floop.close()
     m = floop.metrics()
     assert m.iterations >= 1 and m.timers_pending == 0 and m.ready == 0
+
+
+@ferroloop_only
+def test_the_benchmark_loops_can_read_metrics_periodically(monkeypatch):
+    require_ferroloop()
+    from ferroloop.bench import contestants
+
+    monkeypatch.setenv(contestants.METRICS_ENV, "0.02")
+    loop = contestants.new_loop("ferroloop")
+    try:
+        loop.run_until_complete(asyncio.sleep(0.2))
+        assert loop.metrics().timers_fired >= 2  # the reader's own timer, re-armed
+    finally:
+        loop.close()
+    monkeypatch.delenv(contestants.METRICS_ENV)
+    loop = contestants.new_loop("ferroloop")
+    try:
+        assert loop.metrics().timers_pending == 0
+    finally:
+        loop.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import os
 import subprocess
 import sys
 import traceback
@@ -103,11 +104,27 @@ def _module(name: str) -> Any:
     raise ValueError(f"unknown contestant {name!r}; known: {', '.join(KNOWN)}")
 
 
+#: ``FERROLOOP_BENCH_METRICS=SECONDS`` (e.g. ``1``): every ferroloop loop made here reads
+#: ``loop.metrics()`` every SECONDS while it runs, to measure what reading metrics costs.
+METRICS_ENV = "FERROLOOP_BENCH_METRICS"
+
+
 def new_loop(name: str) -> asyncio.AbstractEventLoop:
     """Create a fresh event loop of contestant ``name``."""
     if name == "asyncio":
         return asyncio.SelectorEventLoop()
-    return _module(name).new_event_loop()
+    loop = _module(name).new_event_loop()
+    period = float(os.environ.get(METRICS_ENV) or 0)
+    if name == "ferroloop" and period > 0:
+        _read_metrics(loop, period, loop.metrics())
+    return loop
+
+
+def _read_metrics(loop: Any, period: float, previous: Any) -> None:
+    # What a monitoring reader does: a snapshot and the utilization since the last one.
+    snapshot = loop.metrics()
+    snapshot.utilization(since=previous)
+    loop.call_later(period, _read_metrics, loop, period, snapshot)
 
 
 def version(name: str) -> str:

@@ -12,11 +12,16 @@ import asyncio
 import dataclasses
 import inspect
 import logging
+import math
+import pathlib
+import re
 import socket
 import threading
 import time
 
 import pytest
+
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 
 ferroloop_only = pytest.mark.ferroloop_only
 
@@ -373,6 +378,44 @@ def test_a_closed_loop_still_answers(floop):
     floop.close()
     m = floop.metrics()
     assert m.iterations >= 1 and m.timers_pending == 0 and m.ready == 0
+
+
+def _docs_function(name):
+    """The Python block of docs/metrics.md that defines ``name``, executed."""
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+    (code,) = [b for b in blocks if f"def {name}(" in b]
+    namespace = {}
+    exec(compile(code, str(DOCS), "exec"), namespace)
+    return namespace[name]
+
+
+@ferroloop_only
+def test_the_prometheus_example_in_the_docs_renders_a_snapshot(floop):
+    prometheus_text = _docs_function("prometheus_text")
+
+    def first():
+        floop.call_later(0.002, noop)
+        floop.call_later(0.01, floop.stop)
+        floop.call_soon(time.sleep, 0.03)
+
+    run_callbacks(floop, first)
+    m = floop.metrics()
+    text = prometheus_text(m, 'loop="main"')
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert re.fullmatch(r"# (HELP|TYPE) ferroloop_\w+ .+", line), line
+            continue
+        name, value = line.rsplit(" ", 1)
+        assert re.fullmatch(r'ferroloop_\w+\{loop="main"(,le="[^"]+")?\}', name), line
+        samples[name] = float(value)
+    assert samples['ferroloop_callbacks_total{loop="main"}'] == m.callbacks
+    assert samples['ferroloop_busy_seconds_total{loop="main"}'] == m.busy_time
+    buckets = [v for k, v in samples.items() if k.startswith("ferroloop_timer_lag_seconds_bucket")]
+    assert buckets == sorted(buckets) and buckets[-1] == m.lag_count == 2
+    assert samples['ferroloop_timer_lag_seconds_bucket{loop="main",le="0.001"}'] < 2  # 20 ms late
+    assert samples['ferroloop_timer_lag_seconds_count{loop="main"}'] == 2
+    assert math.isclose(samples['ferroloop_timer_lag_seconds_sum{loop="main"}'], m.lag_sum)
 
 
 @ferroloop_only

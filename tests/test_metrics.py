@@ -144,6 +144,22 @@ def test_a_timer_scheduled_in_the_past_is_not_late_by_how_far_past(floop):
 
 
 @ferroloop_only
+def test_timer_lag_on_a_replaced_clock_is_measured_on_that_clock(floop):
+    fake = [1000.0]
+    floop.time = lambda: fake[0]
+
+    def first():
+        floop.call_later(5.0, floop.stop)  # due at fake time 1005
+        fake[0] += 7.0  # the fake clock jumps: the timer is 2 s late on it
+
+    run_callbacks(floop, first)
+    m = floop.metrics()
+    assert m.lag_count == 1
+    assert 1.9 <= m.lag_max <= 2.1
+    assert m.time == pytest.approx(time.monotonic(), abs=60)  # the real clock's
+
+
+@ferroloop_only
 def test_a_slow_callback_alone_in_its_iteration_is_named(floop):
     floop.slow_callback_duration = 0.1
 

@@ -279,8 +279,7 @@ impl Handle {
     }
 
     /// The loop lets go of a handle it ran: a one-shot handle nobody else refers to is
-    /// emptied and kept for `one_shot`. Inlined: it runs after every callback.
-    #[inline(always)]
+    /// emptied and kept for `one_shot`.
     pub fn recycle(handle: Bound<'_, Handle>) {
         let py = handle.py();
         let this = handle.get();

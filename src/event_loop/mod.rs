@@ -490,10 +490,10 @@ impl CoreLoop {
     }
 
     /// Steps 1 and 2 of an iteration: compute the wait, poll, queue what became ready.
-    /// `custom_now`: an overridden clock's time, which timers are compared with; None for
-    /// the monotonic clock.
+    /// `clock`: the time timers are compared with, given the monotonic clock's reading
+    /// that ended the last batch (that reading, or an overridden clock's time).
     #[inline]
-    fn poll_io(&self, py: Python<'_>, custom_now: Option<f64>) -> PyResult<()> {
+    fn poll_io(&self, py: Python<'_>, clock: impl Fn(f64) -> f64) -> PyResult<()> {
         let (timeout, pruned) = {
             let mut st = self.state.borrow_mut(py);
             st.metrics.iterations += 1;
@@ -529,7 +529,7 @@ impl CoreLoop {
                 st.last_poll = now;
                 Some(Duration::ZERO)
             } else {
-                let now = custom_now.unwrap_or(now);
+                let now = clock(now);
                 timers.next_when().map(|when| wait_duration(when - now))
             };
             (timeout, pruned)
@@ -618,22 +618,24 @@ impl CoreLoop {
         Ok(())
     }
 
-    /// Step 3: due timers join the ready queue. `custom_now`: as for `poll_io`.
+    /// Step 3: due timers join the ready queue. `now`: the time timers are compared with;
+    /// `custom`: it is an overridden clock's.
     #[inline]
-    fn collect_timers(&self, py: Python<'_>, custom_now: Option<f64>) {
+    fn collect_timers(&self, py: Python<'_>, now: impl FnOnce() -> f64, custom: bool) {
         let mut dead = Vec::new();
         {
             let mut st = self.state.borrow_mut(py);
             if st.timers.is_empty() {
                 // A timer scheduled from now on is late from no earlier than now (on an
                 // overridden clock, from its deadline).
-                st.metrics.timer_ref = match custom_now {
-                    None => st.metrics.mark,
-                    Some(_) => f64::NEG_INFINITY,
+                st.metrics.timer_ref = if custom {
+                    f64::NEG_INFINITY
+                } else {
+                    st.metrics.mark
                 };
                 return;
             }
-            let now = custom_now.unwrap_or_else(monotonic);
+            let now = now();
             let State {
                 timers,
                 ready,
@@ -680,8 +682,8 @@ impl CoreLoop {
         if self.custom_clock.load(Ordering::Relaxed) {
             return self.run_once_custom_clock(slf);
         }
-        self.poll_io(py, None)?;
-        self.collect_timers(py, None);
+        self.poll_io(py, |end_of_batch| end_of_batch)?;
+        self.collect_timers(py, monotonic, false);
         self.run_ready(slf)
     }
 
@@ -694,9 +696,9 @@ impl CoreLoop {
         let py = slf.py();
         let time = intern!(py, "time");
         let now: f64 = slf.safe_method0(time)?.extract()?;
-        self.poll_io(py, Some(now))?;
+        self.poll_io(py, |_| now)?;
         let now: f64 = slf.safe_method0(time)?.extract()?;
-        self.collect_timers(py, Some(now));
+        self.collect_timers(py, || now, true);
         self.run_ready(slf)
     }
 }

@@ -2,6 +2,7 @@
 
 import importlib.util
 import shutil
+from pathlib import Path
 
 import pytest
 from ferroloop.bench import (
@@ -158,3 +159,20 @@ def test_floor_runs_only_where_a_workload_has_it():
     table, _, _ = report.table(results)
     assert "| plain | rate ↑ | 1 | – |" in table
     assert "**floor**: not an event loop" in report.markdown(results)
+
+
+def test_ferroloop_variants_are_probed_in_their_own_process(monkeypatch):
+    # ferroloop-base imports the ferroloop package from the directory the variable names: here
+    # the one this test runs (a copy of it would do); without the variable it is unavailable.
+    import ferroloop
+
+    monkeypatch.delenv(contestants.BASELINE_ENV, raising=False)
+    missing = contestants.probe("ferroloop-base")
+    assert not missing.available
+    assert contestants.BASELINE_ENV in missing.detail
+
+    site = str(Path(ferroloop.__file__).parent.parent)
+    monkeypatch.setenv(contestants.BASELINE_ENV, site)
+    assert contestants.probe("ferroloop-base").available
+    assert contestants.probe("ferroloop-metrics").available
+    assert "ferroloop-base" not in contestants.KNOWN  # only when asked for by name

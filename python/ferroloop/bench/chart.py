@@ -29,7 +29,14 @@ if TYPE_CHECKING:
 PREFERRED_KEY = "server_us"
 PREFERRED_LABEL = "server CPU/request"
 #: Loops in the order bars are drawn, and their colours (others get matplotlib's).
-COLOURS = {"asyncio": "#9e9e9e", "uvloop": "#4f7cac", "ferroloop": "#d9534f", "rloop": "#8e6c8a"}
+COLOURS = {
+    "asyncio": "#9e9e9e",
+    "uvloop": "#4f7cac",
+    "ferroloop": "#d9534f",
+    "rloop": "#8e6c8a",
+    "ferroloop-metrics": "#f0ad4e",
+    "ferroloop-base": "#e6a5a3",
+}
 
 
 @dataclass

@@ -26,7 +26,7 @@ from . import (
 )
 
 #: What --loops accepts: the event loops, then the non-loop contestants.
-_CONTESTANTS: tuple[str, ...] = contestants.KNOWN + registry.NON_LOOPS
+_CONTESTANTS: tuple[str, ...] = contestants.KNOWN + contestants.VARIANTS + registry.NON_LOOPS
 
 
 def _names(text: str) -> list[str]:
@@ -58,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LOOP,...",
         help=f"contestants, from {', '.join(_CONTESTANTS)} (default: all that are "
         "installed; asyncio and ferroloop are always shown; floor is the Rust epoll server "
-        "without Python, built with cargo, on the workloads that have one)",
+        "without Python, built with cargo, on the workloads that have one; ferroloop-metrics "
+        "reads loop.metrics() every second, ferroloop-base is the build installed in "
+        "$FERROLOOP_BENCH_BASELINE: both only when named)",
     )
     parser.add_argument(
         "--output",
@@ -214,7 +216,7 @@ def _main(args: argparse.Namespace) -> int:
     if unknown:
         _log(f"error: unknown loop(s) {', '.join(unknown)}; known: {', '.join(_CONTESTANTS)}")
         return 2
-    loops = [n for n in args.loops or contestants.KNOWN if n in contestants.KNOWN]
+    loops = [n for n in args.loops or contestants.KNOWN if n not in registry.NON_LOOPS]
     available = _probe(loops, explicit=bool(args.loops))
     wants_floor = args.loops is None or registry.FLOOR in args.loops
     if wants_floor and any(w.runs(registry.FLOOR) for w in workloads):

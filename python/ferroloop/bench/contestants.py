@@ -7,6 +7,15 @@ Contestants are named by strings so they can be passed to child processes:
 * ``ferroloop`` -- ``ferroloop.new_event_loop()``
 * ``rloop``     -- ``rloop.new_event_loop()``
 
+and two variants of ferroloop, run only when ``--loops`` names them, for before/after
+comparisons within one run:
+
+* ``ferroloop-metrics`` -- ferroloop with ``loop.metrics()`` read every second (or every
+  ``FERROLOOP_BENCH_METRICS`` seconds), what a monitoring reader costs;
+* ``ferroloop-base``    -- another build of ferroloop, installed in the directory
+  ``FERROLOOP_BENCH_BASELINE`` names (``pip install --no-deps --target DIR WHEEL``), e.g. the
+  last release or the commit before a change.
+
 Availability is probed once per run in a child process (:func:`probe`), so a loop whose import
 crashes the interpreter is reported as unavailable instead of taking the harness down.
 """
@@ -28,6 +37,9 @@ from typing import Any
 from . import subproc
 
 KNOWN: tuple[str, ...] = ("asyncio", "uvloop", "ferroloop", "rloop")
+#: Variants of ferroloop, run only when asked for by name (see the module's docstring).
+VARIANTS: tuple[str, ...] = ("ferroloop-metrics", "ferroloop-base")
+BASELINE_ENV = "FERROLOOP_BENCH_BASELINE"
 #: Contestants shown even when unavailable (others are silently left out when missing).
 ALWAYS_SHOWN: tuple[str, ...] = ("asyncio", "ferroloop")
 #: Baselines for ratios, in order of preference.
@@ -36,22 +48,34 @@ BASELINES: tuple[str, ...] = ("uvloop", "asyncio")
 CLIENT_LOOPS: tuple[str, ...] = ("uvloop", "asyncio")
 
 
-def import_ferroloop() -> Any:
-    """Import the real ``ferroloop`` package.
+def import_ferroloop(baseline: bool = False) -> Any:
+    """Import the real ``ferroloop`` package (with ``baseline``, the one in the directory
+    ``FERROLOOP_BENCH_BASELINE`` names).
 
     Benchmark children import ``ferroloop.bench`` through a placeholder package so that children
     of other contestants never load ferroloop's extension module (see ``_child.py``); the real
-    package is imported only here.
+    package is imported only here.  A child runs one contestant, so the baseline's package can
+    take the name: ``ferroloop.bench``'s modules, already imported, stay this run's.
     """
     module = sys.modules.get("ferroloop")
-    if module is not None and getattr(module, "__bench_stub__", False):
+    if baseline:
+        directory = os.environ.get(BASELINE_ENV)
+        if not directory or not os.path.isdir(os.path.join(directory, "ferroloop")):
+            raise NotImplementedError(
+                f"{BASELINE_ENV} must name a directory holding a ferroloop package "
+                "(pip install --no-deps --target DIR WHEEL)"
+            )
+        sys.path.insert(0, os.path.abspath(directory))
+    elif module is None or not getattr(module, "__bench_stub__", False):
+        return importlib.import_module("ferroloop")
+    if module is not None:
         del sys.modules["ferroloop"]
-        try:
-            return importlib.import_module("ferroloop")
-        except BaseException:
+    try:
+        return importlib.import_module("ferroloop")
+    except BaseException:
+        if module is not None:
             sys.modules["ferroloop"] = module
-            raise
-    return importlib.import_module("ferroloop")
+        raise
 
 
 def git_revision() -> str | None:
@@ -97,15 +121,18 @@ def ferroloop_fingerprint() -> float:
 def _module(name: str) -> Any:
     if name == "asyncio":
         return asyncio
-    if name == "ferroloop":
+    if name in ("ferroloop", "ferroloop-metrics"):
         return import_ferroloop()
+    if name == "ferroloop-base":
+        return import_ferroloop(baseline=True)
     if name in KNOWN:
         return importlib.import_module(name)
-    raise ValueError(f"unknown contestant {name!r}; known: {', '.join(KNOWN)}")
+    raise ValueError(f"unknown contestant {name!r}; known: {', '.join(KNOWN + VARIANTS)}")
 
 
 #: ``FERROLOOP_BENCH_METRICS=SECONDS`` (e.g. ``1``): every ferroloop loop made here reads
-#: ``loop.metrics()`` every SECONDS while it runs, to measure what reading metrics costs.
+#: ``loop.metrics()`` every SECONDS while it runs, to measure what reading metrics costs; the
+#: ``ferroloop-metrics`` contestant does so every second unless this says otherwise.
 METRICS_ENV = "FERROLOOP_BENCH_METRICS"
 
 
@@ -114,8 +141,8 @@ def new_loop(name: str) -> asyncio.AbstractEventLoop:
     if name == "asyncio":
         return asyncio.SelectorEventLoop()
     loop = _module(name).new_event_loop()
-    period = float(os.environ.get(METRICS_ENV) or 0)
-    if name == "ferroloop" and period > 0:
+    period = float(os.environ.get(METRICS_ENV) or (1 if name == "ferroloop-metrics" else 0))
+    if name in ("ferroloop", "ferroloop-metrics") and period > 0:
         _read_metrics(loop, period, loop.metrics())
     return loop
 

@@ -44,7 +44,8 @@ impl<T> GilCell<T> {
         self.0.try_borrow().ok()
     }
 
-    /// For `__clear__`, likewise: `None` if the value is borrowed right now.
+    /// For `__clear__`, finalizers and the other paths that run without a token or must not
+    /// fail: `None` if the value is borrowed right now.
     pub fn try_borrow_mut_for_gc(&self) -> Option<RefMut<'_, T>> {
         self.0.try_borrow_mut().ok()
     }

@@ -83,6 +83,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fs_ops::sendfile, m)?)?;
     m.add_function(wrap_pyfunction!(fs_ops::path_mode_and_inode, m)?)?;
     m.add_function(wrap_pyfunction!(fs_ops::unlink_path, m)?)?;
+    transport::finalize::install_transport_finalizers(m.py());
     m.add(
         "BUILD_PROFILE",
         if cfg!(debug_assertions) {

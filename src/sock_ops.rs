@@ -18,6 +18,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::attach::SafeCall;
 use crate::buffers::RawBuffer;
@@ -168,6 +169,10 @@ pub struct SockOpDone {
 
 #[pymethods]
 impl SockOpDone {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)
+    }
+
     fn __call__(&self, py: Python<'_>, fut: &Bound<'_, PyAny>) {
         let side = if self.read { Side::Read } else { Side::Write };
         self.event_loop

@@ -147,10 +147,63 @@ impl SockWaits {
     }
 }
 
+/// The Rust transport that owns an fd, as the loop records it (asyncio: `loop._transports`,
+/// a `WeakValueDictionary`).
+///
+/// Discussion: the record must not outlive the transport's ownership of the fd, or any
+/// later socket with that number is refused ("File descriptor N is used by transport").
+/// Ownership ends when the connection is lost (the transport unregisters before it closes
+/// its socket) or when the transport dies: a transport whose start failed (its protocol
+/// factory returned None, say) is dropped without ever being closed. So the loop holds a
+/// transport strongly only while the poller reports for it, which is what keeps a reading
+/// transport alive (as asyncio's selector keeps its reader's handle), and weakly otherwise.
+pub(crate) enum FdOwner {
+    /// Registered with the poller (`NATIVE_BIT` token, edge-triggered).
+    Polled(NativeTransport),
+    /// Made, not (yet) registered with the poller: a weak reference.
+    Made(Py<PyWeakrefReference>),
+}
+
+impl FdOwner {
+    /// The transport, if it is alive.
+    fn transport(&self, py: Python<'_>) -> Option<NativeTransport> {
+        match self {
+            FdOwner::Polled(t) => Some(t.clone_ref(py)),
+            FdOwner::Made(w) => NativeTransport::from_object(&w.bind(py).upgrade()?).ok(),
+        }
+    }
+
+    /// The record is `transport`'s.
+    fn is(&self, py: Python<'_>, transport: &Bound<'_, PyAny>) -> bool {
+        match self {
+            FdOwner::Polled(t) => t.as_any().is(transport),
+            FdOwner::Made(w) => w.bind(py).upgrade().is_some_and(|t| t.is(transport)),
+        }
+    }
+
+    /// The record is that of the transport whose Rust struct is at `ptr` (see
+    /// `NativeTransport::is_at`). A strong reference made here is dropped before this
+    /// returns, with the transport still alive: no Python code runs.
+    fn is_at(&self, py: Python<'_>, ptr: *const ()) -> bool {
+        match self {
+            FdOwner::Polled(t) => t.is_at(ptr),
+            FdOwner::Made(_) => self.transport(py).is_some_and(|t| t.is_at(ptr)),
+        }
+    }
+
+    /// The transport of a weak record is gone.
+    fn is_dead(&self, py: Python<'_>) -> bool {
+        match self {
+            FdOwner::Polled(_) => false,
+            FdOwner::Made(w) => w.bind(py).upgrade().is_none(),
+        }
+    }
+}
+
 pub(crate) struct State {
     ready: VecDeque<ReadyItem>,
-    /// Rust transports by fd (registered with `NATIVE_BIT` tokens, edge-triggered).
-    transports: FdMap<NativeTransport>,
+    /// Rust transports by fd.
+    transports: FdMap<FdOwner>,
     /// Native `sock_*` operations waiting for readiness, by fd (`SOCK_BIT` tokens).
     sock_waits: FdMap<SockWaits>,
     timers: TimerHeap<Py<TimerHandle>>,
@@ -456,7 +509,7 @@ impl CoreLoop {
             .borrow(py)
             .transports
             .get(&fd)
-            .map(|t| t.clone_ref(py));
+            .and_then(|t| t.transport(py));
         if let Some(t) = transport {
             if !t.is_closing(py) {
                 return Err(PyRuntimeError::new_err(format!(
@@ -586,7 +639,7 @@ impl CoreLoop {
                 if token.0 & NATIVE_BIT != 0 {
                     let r = Ready::from_event(ev);
                     let fd = (token.0 & !NATIVE_BIT) as RawFd;
-                    if let Some(t) = transports.get(&fd) {
+                    if let Some(FdOwner::Polled(t)) = transports.get(&fd) {
                         if r.hangup {
                             t.note_hangup(py);
                         }
@@ -774,18 +827,10 @@ impl CoreLoop {
     /// Records a new transport as the owner of its fd (asyncio: `loop._transports[fd]`), so
     /// `add_reader` and friends refuse the fd from the start.
     fn _attach_transport(&self, py: Python<'_>, transport: &Bound<'_, PyAny>) -> PyResult<()> {
-        use crate::transport::{DatagramTransport, StreamTransport};
-        let native = if let Ok(t) = transport.cast::<StreamTransport>() {
-            NativeTransport::Stream(t.clone().unbind())
-        } else {
-            let t = transport.cast::<DatagramTransport>()?;
-            NativeTransport::Datagram(t.clone().unbind())
-        };
-        let old = self
-            .state
-            .borrow_mut(py)
-            .transports
-            .insert(native.fd(), native);
+        let fd = NativeTransport::from_object(transport)?.fd();
+        // Made before the state is borrowed: allocating may start a collection.
+        let weak = FdOwner::Made(PyWeakrefReference::new(transport)?.unbind());
+        let old = self.state.borrow_mut(py).transports.insert(fd, weak);
         drop(old);
         Ok(())
     }
@@ -1215,8 +1260,11 @@ impl CoreLoop {
                 }
                 visit.call(&w.owner)?;
             }
-            for t in st.transports.values() {
-                visit.call(t.as_any())?;
+            for owner in st.transports.values() {
+                match owner {
+                    FdOwner::Polled(t) => visit.call(t.as_any())?,
+                    FdOwner::Made(w) => visit.call(w)?,
+                }
             }
             for t in st.timers.iter() {
                 visit.call(t)?;

@@ -11,7 +11,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyWeakrefReference;
 
-use super::{CoreLoop, SockWaits, State, NATIVE_BIT};
+use super::{CoreLoop, FdOwner, SockWaits, State, NATIVE_BIT};
 use crate::attach::SafeCall;
 use crate::errors::os_error;
 use crate::handles::Handle;
@@ -49,7 +49,7 @@ impl CoreLoop {
                 r => r,
             }
             .map_err(os_error)?;
-            (st.transports.insert(fd, transport), idle)
+            (st.transports.insert(fd, FdOwner::Polled(transport)), idle)
         };
         // Dropped once the state is free: the old transport's release may run Python code.
         drop(replaced);
@@ -70,7 +70,7 @@ impl CoreLoop {
         let Some(registry) = st.registry.as_ref() else {
             return Ok(());
         };
-        if !st.transports.get(&fd).is_some_and(|t| t.is_at(owner)) {
+        if !st.transports.get(&fd).is_some_and(|t| t.is_at(py, owner)) {
             return Ok(());
         }
         let interest = if write {
@@ -94,7 +94,7 @@ impl CoreLoop {
     pub fn transport_unregister(&self, py: Python<'_>, owner: *const (), fd: RawFd, held: bool) {
         let old = {
             let mut st = self.state.borrow_mut(py);
-            if !st.transports.get(&fd).is_some_and(|t| t.is_at(owner)) {
+            if !st.transports.get(&fd).is_some_and(|t| t.is_at(py, owner)) {
                 return;
             }
             if let (Some(registry), true) = (st.registry.as_ref(), held) {
@@ -109,10 +109,26 @@ impl CoreLoop {
         drop(old);
     }
 
+    /// A transport dies unclosed (see `transport::finalize`): forget its record, so the fd
+    /// is free for others. Skipped if the state is borrowed (a dead record counts as none
+    /// anyway).
+    pub fn forget_transport(&self, py: Python<'_>, fd: RawFd, transport: &Bound<'_, PyAny>) {
+        let forgotten = {
+            let Some(mut st) = self.state.try_borrow_mut_for_gc() else {
+                return;
+            };
+            match st.transports.get(&fd) {
+                Some(owner) if owner.is(py, transport) => st.transports.remove(&fd),
+                _ => None,
+            }
+        };
+        drop(forgotten);
+    }
+
     /// Whether native `sock_*` operations may use `fd`: nobody else registered it.
     pub(super) fn sock_fd_free(&self, py: Python<'_>, fd: RawFd) -> bool {
         let st = self.state.borrow(py);
-        !st.io.has_handles(fd) && !st.transports.contains_key(&fd)
+        !st.io.has_handles(fd) && st.transports.get(&fd).is_none_or(|owner| owner.is_dead(py))
     }
 
     /// Puts `op` in the `side` slot of `fd` and makes sure the poller reports `side` (see

@@ -22,7 +22,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
+use super::finalize::Finalize;
 use super::sock_io::{self, Access};
 use super::{
     call_flow_control, close, connection_lost, copy_context, fatal_error, force_close, in_context,
@@ -110,6 +112,29 @@ enum Received {
     Error(PyErr),
     /// Anything else a socket method raised: fatal to the transport.
     Fatal(PyErr),
+}
+
+impl Finalize for DatagramTransport {
+    /// asyncio's `__del__` (see `Common::close_unclosed`).
+    fn finalize(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let this = slf.get();
+        let owns_socket = this
+            .state
+            .try_borrow_for_gc()
+            .is_some_and(|st| st.c.sock.is_some());
+        if !owns_socket {
+            return;
+        }
+        let repr = this.__repr__(py);
+        let unclosed = this.state.try_borrow_mut_for_gc().and_then(|mut st| {
+            let sock = st.c.sock.take()?;
+            Some((sock, st.c.event_loop.clone_ref(py), None))
+        });
+        if let Some(unclosed) = unclosed {
+            Common::close_unclosed(slf.as_any(), this.fd, &repr, unclosed);
+        }
+    }
 }
 
 impl Transport for DatagramTransport {
@@ -702,6 +727,30 @@ impl DatagramTransport {
     #[pyo3(signature = (exc=None))]
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         connection_lost(slf, exc).map(drop)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(st) = self.state.try_borrow_for_gc() {
+            st.c.traverse(&visit)?;
+            visit.call(&st.address)?;
+            for (_, dest) in st.queue.iter() {
+                if let Dest::Py(addr) = dest {
+                    visit.call(addr)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Breaks cycles through the transport; a socket still owned is closed when it dies.
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let protocol = match self.state.try_borrow_mut_for_gc() {
+                Some(mut st) => st.c.take_protocol(py),
+                None => return,
+            };
+            drop(protocol);
+        });
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {

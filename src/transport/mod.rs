@@ -3,11 +3,14 @@
 //! transport's context, and the enum the loop keeps them in.
 
 pub mod datagram;
+pub mod finalize;
 pub mod sock_io;
 pub mod stream;
 pub mod tls;
 
 use std::os::fd::RawFd;
+
+use std::ffi::CString;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
@@ -15,6 +18,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
+use pyo3::{PyTraverseError, PyVisit};
 use std::cell::{Ref, RefMut};
 
 use crate::attach::SafeCall;
@@ -37,6 +41,15 @@ pub enum NativeTransport {
 }
 
 impl NativeTransport {
+    /// A `StreamTransport` or `DatagramTransport` object as the loop keeps it.
+    pub fn from_object(obj: &Bound<'_, PyAny>) -> PyResult<NativeTransport> {
+        if let Ok(t) = obj.cast::<StreamTransport>() {
+            return Ok(NativeTransport::Stream(t.clone().unbind()));
+        }
+        let t = obj.cast::<DatagramTransport>()?;
+        Ok(NativeTransport::Datagram(t.clone().unbind()))
+    }
+
     pub fn clone_ref(&self, py: Python<'_>) -> Self {
         match self {
             NativeTransport::Stream(t) => NativeTransport::Stream(t.clone_ref(py)),
@@ -133,6 +146,44 @@ impl Common {
         }
     }
 
+    /// What the transport refers to, for the collector (see `Transport`).
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        visit.call(&self.sock)?;
+        visit.call(&self.protocol)?;
+        visit.call(&self.extra)?;
+        visit.call(&self.context)
+    }
+
+    /// Lets go of the protocol (asyncio's `_call_connection_lost` and `__clear__`): it
+    /// usually keeps the transport. Returned, to be dropped once the borrow has ended.
+    pub fn take_protocol(&mut self, py: Python<'_>) -> Py<PyAny> {
+        std::mem::replace(&mut self.protocol, py.None())
+    }
+
+    /// asyncio's transport `__del__` (the finalizer, see `finalize`), once the transport
+    /// (whose `repr` is given as it was) gave up the socket it still owned, its loop and its
+    /// server: warn (`ResourceWarning: unclosed transport ...`), close the socket, forget
+    /// the transport's record in the loop and (3.13+) detach from the server.
+    pub fn close_unclosed(
+        slf: &Bound<'_, PyAny>,
+        fd: RawFd,
+        repr: &str,
+        (sock, event_loop, server): (Py<PyAny>, Py<CoreLoop>, Option<Py<PyAny>>),
+    ) {
+        let py = slf.py();
+        warn_unclosed(slf, repr);
+        if let Err(e) = sock.bind(py).safe_method0(intern!(py, "close")) {
+            e.write_unraisable(py, Some(slf));
+        }
+        event_loop.bind(py).get().forget_transport(py, fd, slf);
+        if let Some(server) = server.filter(|_| py.version_info() >= (3, 13)) {
+            if let Err(e) = server.bind(py).safe_method1(intern!(py, "_detach"), slf) {
+                e.write_unraisable(py, Some(slf));
+            }
+        }
+    }
+
     /// `get_extra_info`: `extra[name]` or `default`. The caller takes `extra` out of the
     /// transport's state first: looking `name` up runs its `__hash__`/`__eq__`.
     pub fn lookup_extra(
@@ -149,6 +200,13 @@ impl Common {
 }
 
 /// What the shared transport machinery needs of a transport class.
+///
+/// Discussion: a transport's protocol usually keeps the transport (`self.transport`), so
+/// every transport is a cycle. As asyncio's, ours let go of the protocol, the socket and
+/// the server once the connection is lost, which breaks the cycle at once; and they are
+/// visible to the collector (`__traverse__`/`__clear__`), so cycles they are still part of
+/// (a transport dropped unclosed, a loop dropped with connections open) are collected.
+/// A transport that dies still owning its socket closes it, warning as asyncio does.
 pub trait Transport: pyo3::PyClass<Frozen = pyo3::pyclass::boolean_struct::True> + Sync {
     fn fd(&self) -> RawFd;
     fn common(&self, py: Python<'_>) -> Ref<'_, Common>;
@@ -205,6 +263,20 @@ pub fn set_interest<T: Transport>(t: &T, py: Python<'_>, read: bool, write: bool
     } else {
         core.transport_unregister(py, t.identity(), t.fd(), held);
         Ok(())
+    }
+}
+
+/// `warnings.warn(f"unclosed transport {repr}", ResourceWarning, source=slf)`; a failure (the
+/// warning made an error) is reported as unraisable.
+pub fn warn_unclosed(slf: &Bound<'_, PyAny>, repr: &str) {
+    let py = slf.py();
+    let message = CString::new(format!("unclosed transport {repr}")).unwrap_or_default();
+    // SAFETY: attached; `slf` is a live object; the format takes one C string, `message`,
+    // which outlives the call.
+    let rc =
+        unsafe { ffi::PyErr_ResourceWarning(slf.as_ptr(), 1, c"%s".as_ptr(), message.as_ptr()) };
+    if rc < 0 {
+        PyErr::fetch(py).write_unraisable(py, Some(slf));
     }
 }
 
@@ -308,10 +380,17 @@ pub fn connection_lost<T: Transport>(slf: &Bound<'_, T>, exc: Option<Py<PyAny>>)
     } else {
         Ok(())
     };
-    let sock = this.common_mut(py).sock.take();
-    if let Some(sock) = sock {
-        sock.bind(py).safe_method0(intern!(py, "close"))?;
-    }
+    // As asyncio: the socket closes and the protocol goes whatever connection_lost did.
+    let (sock, protocol) = {
+        let mut c = this.common_mut(py);
+        (c.sock.take(), c.take_protocol(py))
+    };
+    let closed = match sock {
+        Some(sock) => sock.bind(py).safe_method0(intern!(py, "close")).map(drop),
+        None => Ok(()),
+    };
+    drop(protocol);
+    closed?;
     result.map(|()| true)
 }
 

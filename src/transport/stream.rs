@@ -29,6 +29,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::attach::SafeCall;
 use crate::buffers::RawBuffer;
@@ -38,6 +39,7 @@ use crate::poller::Side;
 use crate::sys::{read_fd, recv, send, with_scratch, write_fd};
 use crate::write_buffer::WriteBuffer;
 
+use super::finalize::Finalize;
 use super::sock_io::{self, py_io, Access, IoErr};
 use super::tls::TlsProtocol;
 use super::{
@@ -152,6 +154,43 @@ fn make_reader(py: Python<'_>, kind: Kind, protocol: &Bound<'_, PyAny>) -> PyRes
         Ok(Reader::Data(
             protocol.getattr(intern!(py, "data_received"))?.unbind(),
         ))
+    }
+}
+
+impl Reader {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self {
+            Reader::Data(f) => visit.call(f),
+            Reader::Buffered(g, u) => {
+                visit.call(g)?;
+                visit.call(u)
+            }
+            Reader::Tls(t) => visit.call(t),
+            Reader::None => Ok(()),
+        }
+    }
+}
+
+impl Finalize for StreamTransport {
+    /// asyncio's `__del__` (see `Common::close_unclosed`).
+    fn finalize(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let this = slf.get();
+        let owns_socket = this
+            .state
+            .try_borrow_for_gc()
+            .is_some_and(|st| st.c.sock.is_some());
+        if !owns_socket {
+            return;
+        }
+        let repr = this.__repr__(py);
+        let unclosed = this.state.try_borrow_mut_for_gc().and_then(|mut st| {
+            let sock = st.c.sock.take()?;
+            Some((sock, st.c.event_loop.clone_ref(py), st.server.take()))
+        });
+        if let Some(unclosed) = unclosed {
+            Common::close_unclosed(slf.as_any(), this.fd, &repr, unclosed);
+        }
     }
 }
 
@@ -870,11 +909,43 @@ impl StreamTransport {
     fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Option<Py<PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let result = connection_lost(slf, exc);
-        let server = slf.get().state.borrow_mut(py).server.take();
+        let (server, reader) = {
+            let mut st = slf.get().state.borrow_mut(py);
+            (
+                st.server.take(),
+                std::mem::replace(&mut st.reader, Reader::None),
+            )
+        };
+        // The reader holds the protocol's methods (see `Transport`).
+        drop(reader);
         if let Some(server) = server {
             server.bind(py).safe_method1(intern!(py, "_detach"), slf)?;
         }
         result.map(drop)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(st) = self.state.try_borrow_for_gc() {
+            st.c.traverse(&visit)?;
+            st.reader.traverse(&visit)?;
+            visit.call(&st.server)?;
+            visit.call(&st.empty_waiter)?;
+        }
+        Ok(())
+    }
+
+    /// Breaks cycles through the transport; a socket still owned is closed when it dies.
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let released = {
+                let Some(mut st) = self.state.try_borrow_mut_for_gc() else {
+                    return;
+                };
+                let reader = std::mem::replace(&mut st.reader, Reader::None);
+                (st.c.take_protocol(py), reader, st.empty_waiter.take())
+            };
+            drop(released);
+        });
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {

@@ -5,6 +5,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::attach::SafeCall;
 use crate::gil_cell::GilCell;
@@ -23,6 +24,21 @@ pub struct TlsTransport {
     pub(super) closed: GilCell<bool>,
 }
 
+impl crate::transport::finalize::Finalize for TlsTransport {
+    /// asyncio's `__del__`: a transport never closed warns (the transport below, which owns
+    /// the socket, closes it when it dies).
+    fn finalize(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let was_closed = match slf.get().closed.try_borrow_mut_for_gc() {
+            Some(mut closed) => std::mem::replace(&mut *closed, true),
+            None => true,
+        };
+        if !was_closed {
+            crate::transport::warn_unclosed(slf.as_any(), &slf.get().__repr__(py));
+        }
+    }
+}
+
 impl TlsTransport {
     fn proto<'py>(&self, py: Python<'py>) -> Option<Bound<'py, TlsProtocol>> {
         self.proto.borrow(py).as_ref().map(|p| p.bind(py).clone())
@@ -31,6 +47,21 @@ impl TlsTransport {
 
 #[pymethods]
 impl TlsTransport {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(proto) = self.proto.try_borrow_for_gc() {
+            visit.call(proto.as_ref())?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let released = self
+            .proto
+            .try_borrow_mut_for_gc()
+            .and_then(|mut p| p.take());
+        drop(released);
+    }
+
     /// `ferroloop._transports.SSLTransport`, an `asyncio.Transport` subclass named as
     /// asyncio's TLS transports are (code and tests look for "ssl" in the name).
     #[getter]

@@ -8,15 +8,16 @@ use pyo3::exceptions::{PyConnectionAbortedError, PyConnectionResetError, PyTimeo
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::attach::SafeCall;
 use crate::event_loop::CoreLoop;
 use crate::gil_cell::GilCell;
 
 use super::{
-    app_reader, logger, self_loop, ssl_errors, timeout_arg, water_marks, AppState, Phase, Ssl,
-    State, StreamTransport, TlsProtocol, TlsTransport, HANDSHAKE_TIMEOUT, READ_HIGH_WATER,
-    SHUTDOWN_TIMEOUT, WRITE_HIGH_WATER,
+    app_reader, logger, self_loop, ssl_errors, timeout_arg, water_marks, AppReader, AppState,
+    Phase, Ssl, State, StreamTransport, TlsProtocol, TlsTransport, HANDSHAKE_TIMEOUT,
+    READ_HIGH_WATER, SHUTDOWN_TIMEOUT, WRITE_HIGH_WATER,
 };
 
 #[pymethods]
@@ -230,18 +231,19 @@ impl TlsProtocol {
             }
         }
         this.set_phase(py, Phase::Unwrapped)?;
-        let (lower, native, app_transport, app_protocol, hs, sd) = {
+        let (lower, native, app_transport, app_protocol, app_reader, hs, sd) = {
             let mut st = this.st.borrow_mut(py);
             (
                 st.lower.take(),
                 st.lower_native.take(),
                 st.app_transport.take(),
                 st.app_protocol.take(),
+                std::mem::replace(&mut st.app_reader, AppReader::Data),
                 st.handshake_timer.take(),
                 st.shutdown_timer.take(),
             )
         };
-        drop((lower, native, app_transport, app_protocol));
+        drop((lower, native, app_transport, app_protocol, app_reader));
         this.wakeup_waiter(py, exc.as_ref())?;
         Self::cancel_timer(py, sd)?;
         Self::cancel_timer(py, hs)
@@ -295,6 +297,21 @@ impl TlsProtocol {
             Phase::Shutdown => Self::do_shutdown(slf),
             _ => Ok(()),
         }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        self.ssl.traverse(&visit)?;
+        visit.call(&self.extra)?;
+        if let Some(st) = self.st.try_borrow_for_gc() {
+            st.traverse(&visit)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let released = self.st.try_borrow_mut_for_gc().map(|mut st| st.release());
+        drop(released);
     }
 
     pub(super) fn __repr__(&self, py: Python<'_>) -> String {

@@ -35,6 +35,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::attach::SafeCall;
 use crate::event_loop::CoreLoop;
@@ -176,6 +177,21 @@ struct Ssl {
 }
 
 impl Ssl {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for obj in [
+            &self.obj,
+            &self.read,
+            &self.write,
+            &self.incoming,
+            &self.outgoing,
+            &self.feed,
+            &self.drain,
+        ] {
+            visit.call(obj)?;
+        }
+        Ok(())
+    }
+
     fn pending(py: Python<'_>, bio: &Py<PyAny>) -> PyResult<usize> {
         bio.bind(py).getattr(intern!(py, "pending"))?.extract()
     }
@@ -214,7 +230,46 @@ struct State {
     out_low: usize,
 }
 
+impl State {
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.app_protocol)?;
+        if let AppReader::Buffered(g, u) = &self.app_reader {
+            visit.call(g)?;
+            visit.call(u)?;
+        }
+        visit.call(&self.app_transport)?;
+        visit.call(&self.lower)?;
+        visit.call(&self.lower_native)?;
+        visit.call(&self.waiter)?;
+        visit.call(&self.handshake_timer)?;
+        visit.call(&self.shutdown_timer)?;
+        for item in &self.backlog {
+            visit.call(item)?;
+        }
+        Ok(())
+    }
+
+    /// Everything that may lead back to this protocol (for `__clear__`), to be dropped once
+    /// the borrow has ended.
+    fn release(&mut self) -> impl Sized {
+        (
+            self.app_protocol.take(),
+            std::mem::replace(&mut self.app_reader, AppReader::Data),
+            self.app_transport.take(),
+            self.lower.take(),
+            self.lower_native.take(),
+            self.waiter.take(),
+            self.handshake_timer.take(),
+            self.shutdown_timer.take(),
+            std::mem::take(&mut self.backlog),
+        )
+    }
+}
+
 /// The protocol of the transport under a TLS connection.
+///
+/// Like the stream transports (see `Transport`), both TLS objects are visible to the
+/// cyclic collector, and let go of what leads back to them when the connection is lost.
 #[pyclass(frozen, weakref, module = "ferroloop._ferroloop")]
 pub struct TlsProtocol {
     event_loop: Py<CoreLoop>,

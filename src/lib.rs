@@ -76,6 +76,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     freelist::install_handle_free_lists(m.py())?;
+    handles::install_traversal(m.py());
     m.add_class::<transport::StreamTransport>()?;
     m.add_class::<transport::DatagramTransport>()?;
     m.add_class::<transport::TlsProtocol>()?;

@@ -175,10 +175,11 @@ impl CoreLoop {
                 let handle = h.into_bound(py);
                 *ran += u64::from(!handle.get().is_cancelled());
                 if debug {
-                    *slow_seen |= self.run_debug(slf, &handle)?;
+                    *slow_seen |= self.run_debug(slf, handle)?;
                 } else {
-                    Handle::run(&handle, slf.as_any())?;
+                    let result = Handle::run(&handle, slf.as_any());
                     Handle::recycle(handle);
+                    result?;
                 }
                 return Ok(());
             }
@@ -228,16 +229,23 @@ impl CoreLoop {
     /// A handle's run in debug mode: timed, and known as the current handle meanwhile.
     /// Returns whether it was slow.
     #[inline(never)]
-    fn run_debug(&self, slf: &Bound<'_, CoreLoop>, handle: &Bound<'_, Handle>) -> PyResult<bool> {
+    fn run_debug(&self, slf: &Bound<'_, CoreLoop>, handle: Bound<'_, Handle>) -> PyResult<bool> {
         let py = slf.py();
         self.state.borrow_mut(py).current = Some(handle.clone().unbind());
         let t0 = monotonic();
-        let result = Handle::run(handle, slf.as_any());
+        let result = Handle::run(&handle, slf.as_any());
         let dt = monotonic() - t0;
         let current = self.state.borrow_mut(py).current.take();
         drop(current);
-        result?;
-        self.note_if_slow(slf, Subject::Callback(handle.as_any()), dt)
+        let slow = match result {
+            Ok(()) => self.note_if_slow(slf, Subject::Callback(handle.as_any()), dt),
+            Err(e) => Err(e),
+        };
+        // Debug-mode handles are tracked from the start; one made before debug mode was
+        // turned on is made visible if someone else keeps it (see `Handle`). Not
+        // `Handle::recycle`, which stays called from one place (see `run_one_turn`).
+        Handle::release(&handle);
+        slow
     }
 
     /// A turn of native I/O in debug mode: timed. Returns whether it was slow.

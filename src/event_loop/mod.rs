@@ -226,20 +226,62 @@ pub(crate) struct State {
 impl State {
     /// Moves out the queued callbacks, timers, fd registrations (unregistered), transports,
     /// socket waits and the `{"loop": self}` dict (which refers back to the loop), for the
-    /// caller to drop once the borrow has ended.
-    fn take_contents(&mut self) -> impl Sized {
+    /// caller to `release` once the borrow has ended.
+    fn take_contents(&mut self) -> Contents {
         let io = match &self.registry {
             Some(r) => self.io.clear(r),
             None => Vec::new(),
         };
-        (
-            std::mem::take(&mut self.ready),
-            self.timers.drain(),
+        Contents {
+            ready: std::mem::take(&mut self.ready),
+            timers: self.timers.drain(),
             io,
-            std::mem::take(&mut self.transports),
-            std::mem::take(&mut self.sock_waits),
-            self.loop_kwargs.take(),
-        )
+            transports: std::mem::take(&mut self.transports),
+            sock_waits: std::mem::take(&mut self.sock_waits),
+            loop_kwargs: self.loop_kwargs.take(),
+        }
+    }
+}
+
+/// The loop lets go of timers that left its heap without running (they were cancelled, or
+/// the loop closed); called once no borrow of the state is held.
+fn release_timers(py: Python<'_>, timers: Vec<Py<TimerHandle>>) {
+    for t in timers {
+        Handle::release(t.bind(py).as_super());
+    }
+}
+
+/// What a closed (or cleared) loop lets go of.
+struct Contents {
+    ready: VecDeque<ReadyItem>,
+    timers: Vec<Py<TimerHandle>>,
+    io: Vec<Py<Handle>>,
+    transports: FdMap<FdOwner>,
+    sock_waits: FdMap<SockWaits>,
+    loop_kwargs: Option<Py<PyDict>>,
+}
+
+impl Contents {
+    /// Drops everything (with no borrow of the loop's state held: releasing runs Python
+    /// code). A pending handle that someone else keeps becomes visible to the collector
+    /// (see `Handle`); the rest is tracked already. A transport that nothing else keeps
+    /// dies unclosed, which closes its socket.
+    fn release(self, py: Python<'_>) {
+        let Contents {
+            ready,
+            timers,
+            io,
+            transports,
+            sock_waits,
+            loop_kwargs,
+        } = self;
+        for item in ready {
+            if let ReadyItem::Handle(h) = item {
+                Handle::release(h.bind(py));
+            }
+        }
+        release_timers(py, timers);
+        drop((io, transports, sock_waits, loop_kwargs));
     }
 }
 
@@ -411,10 +453,10 @@ impl CoreLoop {
     ) -> PyResult<Py<Handle>> {
         let debug = self.debug.load(Ordering::Relaxed);
         if !debug && !repeats {
-            return Handle::one_shot(py, callback, args, context);
+            // Made outside a run, it is tracked (see `Handle`).
+            return Handle::one_shot(py, callback, args, context, !self.is_running());
         }
-        let h = Handle::new(py, callback, args, context, debug, repeats)?;
-        Py::new(py, h)
+        Handle::new_tracked(py, callback, args, context, debug, repeats)
     }
 
     /// `call_soon` proper (both the PyO3 method and the vectorcall fast path use it).
@@ -453,13 +495,19 @@ impl CoreLoop {
             self.debug_checks(py, &callback, method, true)?;
         }
         let debug = self.debug.load(Ordering::Relaxed);
-        let base = Handle::new(py, callback, Args::from_tuple(args), context, debug, false)?;
+        // Tracked if made outside a run (see `Handle`), or in debug mode.
+        let tracked = debug || !self.is_running();
+        let args = Args::from_tuple(args);
+        let base = Handle::new(py, callback, args, context, (debug, false, tracked))?;
         let init = PyClassInitializer::from(base).add_subclass(TimerHandle::new(
             when,
             when_obj,
             self.timers_cancelled.clone(),
         ));
         let timer = Py::new(py, init)?;
+        if tracked {
+            Handle::expose(timer.bind(py).as_super());
+        }
         self.state
             .borrow_mut(py)
             .timers
@@ -576,7 +624,7 @@ impl CoreLoop {
             let timeout = if !ready.is_empty() || stopping {
                 if !stopping && now - st.last_poll < BUSY_POLL_INTERVAL {
                     drop(st);
-                    drop(pruned);
+                    release_timers(py, pruned);
                     return Ok(());
                 }
                 st.last_poll = now;
@@ -587,7 +635,7 @@ impl CoreLoop {
             };
             (timeout, pruned)
         };
-        drop(pruned);
+        release_timers(py, pruned);
 
         let mut guard = self
             .poll
@@ -671,6 +719,33 @@ impl CoreLoop {
         Ok(())
     }
 
+    /// The loop stops running: the pending handles and timers that someone else keeps
+    /// become visible to the collector, which may now find the loop in a cycle (see
+    /// `Handle`).
+    fn expose_shared_pending(&self, py: Python<'_>) {
+        let shared: Vec<Py<Handle>> = {
+            let st = self.state.borrow(py);
+            let queued = st.ready.iter().filter_map(|item| match item {
+                ReadyItem::Handle(h) => Some(h),
+                _ => None,
+            });
+            let mut shared: Vec<Py<Handle>> = queued
+                .filter(|h| Handle::is_untracked_and_shared(h))
+                .map(|h| h.clone_ref(py))
+                .collect();
+            for t in st.timers.iter() {
+                let t = t.bind(py).as_super();
+                if Handle::is_untracked_and_shared(t.as_unbound()) {
+                    shared.push(t.clone().unbind());
+                }
+            }
+            shared
+        };
+        for h in shared {
+            Handle::expose(h.bind(py));
+        }
+    }
+
     /// Step 3: due timers join the ready queue. `now`: the time timers are compared with;
     /// `custom`: it is an overridden clock's.
     #[inline]
@@ -697,18 +772,17 @@ impl CoreLoop {
             } = &mut *st;
             while let Some(t) = timers.pop_due(now) {
                 t.get().set_unscheduled();
-                let bound = t.bind(py);
-                if bound.as_super().get().is_cancelled() {
+                if t.bind(py).as_super().get().is_cancelled() {
                     dead.push(t);
                 } else {
                     metrics.timer_fired(t.get().deadline(), now);
-                    ready.push_back(ReadyItem::Handle(bound.as_super().clone().unbind()));
-                    dead.push(t);
+                    let handle = t.into_bound(py).into_super();
+                    ready.push_back(ReadyItem::Handle(handle.unbind()));
                 }
             }
             metrics.timer_ref = now;
         }
-        drop(dead);
+        release_timers(py, dead);
     }
 
     /// The rest of a `sock_sendall` that could not send everything at once: a future
@@ -1226,6 +1300,7 @@ impl CoreLoop {
             }
         });
         this.state.borrow_mut(py).metrics.worked(monotonic());
+        this.expose_shared_pending(py);
         result
     }
 
@@ -1237,11 +1312,12 @@ impl CoreLoop {
         if self.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        let taken = {
+        let (contents, registry, waker) = {
             let mut st = self.state.borrow_mut(py);
             (st.take_contents(), st.registry.take(), st.waker.take())
         };
-        drop(taken);
+        contents.release(py);
+        drop((registry, waker));
         if let Ok(mut g) = self.poll.lock() {
             g.take();
         }
@@ -1251,7 +1327,10 @@ impl CoreLoop {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(st) = self.state.try_borrow_for_gc() {
             for item in st.ready.iter() {
-                visit.call(item.as_object())?;
+                match item {
+                    ReadyItem::Handle(h) => Handle::traverse_pending(h, &visit)?,
+                    other => visit.call(other.as_object())?,
+                }
             }
             for w in st.sock_waits.values() {
                 for op in w.read.iter().chain(w.write.iter()) {
@@ -1274,17 +1353,20 @@ impl CoreLoop {
             }
             visit.call(&st.task_factory)?;
             visit.call(&st.loop_kwargs)?;
+            visit.call(&st.current)?;
         }
         Ok(())
     }
 
     fn __clear__(&self) {
-        let taken = {
+        let (contents, factory) = {
             let Some(mut st) = self.state.try_borrow_mut_for_gc() else {
                 return;
             };
             (st.take_contents(), st.task_factory.take())
         };
-        drop(taken);
+        // SAFETY: the collector clears objects on an attached thread.
+        contents.release(unsafe { Python::assume_attached() });
+        drop(factory);
     }
 }

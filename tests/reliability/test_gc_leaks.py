@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import warnings
 import weakref
 
@@ -250,6 +251,124 @@ def test_transport_dropped_unclosed_closes_its_socket(new_loop, make, sock_type)
             assert alive(refs) == []
     assert a.fileno() == -1
     assert any("unclosed transport" in str(w.message) for w in caught)
+
+
+# A collection that starts while a transport is being made (its __dict__ is created after
+# the object is allocated, and creating a dict can start a collection) must not see the
+# transport before its fields are written. Each new dict comes from the allocator (the
+# spare dicts empty the dicts' free list), and the low thresholds make one of them start a
+# collection at each point of the construction in turn. A crash takes the process down, so
+# this runs in a child interpreter.
+MADE_DURING_COLLECTIONS = """
+import gc, os, socket
+
+async def make_transports(loop):
+    a, b = socket.socketpair()
+    with b:
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+        transport.close()
+    transport, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    transport.close()
+    rfd, wfd = os.pipe()
+    transport, _ = await loop.connect_read_pipe(asyncio.Protocol, open(rfd, "rb", 0))
+    transport.close()
+    transport, _ = await loop.connect_write_pipe(asyncio.Protocol, open(wfd, "wb", 0))
+    transport.close()
+
+async def main(loop):
+    thresholds = gc.get_threshold()
+    for threshold in range(1, 8):
+        for _ in range(5):
+            spare = [{} for _ in range(200)]
+            gc.set_threshold(threshold)
+            try:
+                await make_transports(loop)
+            finally:
+                gc.set_threshold(*thresholds)
+            del spare
+    await asyncio.sleep(0)
+
+loop = new_loop()
+loop.run_until_complete(main(loop))
+loop.close()
+print("made")
+"""
+
+
+def test_transports_made_while_the_collector_runs(loop_kind):
+    prologue = textwrap.dedent(
+        f"""
+        import asyncio
+        if {loop_kind!r} == "ferroloop":
+            import ferroloop
+            new_loop = ferroloop.new_event_loop
+        else:
+            new_loop = asyncio.new_event_loop
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", prologue + MADE_DURING_COLLECTIONS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, f"exit status {proc.returncode}; stderr:\n{proc.stderr}"
+    assert proc.stdout.strip() == "made"
+
+
+def test_transports_are_visible_to_the_collector(loop):
+    tlskit = pytest.importorskip("_tlskit")
+
+    async def transports():
+        a, b = socket.socketpair()
+        with b:
+            stream, _ = await loop.connect_accepted_socket(asyncio.Protocol, a)
+        datagram, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+        )
+        made = [stream, datagram]
+        server = await loop.create_server(Keeper, "127.0.0.1", 0, ssl=tlskit.server_context())
+        _, client = await loop.create_connection(
+            Keeper,
+            *server.sockets[0].getsockname(),
+            ssl=tlskit.client_context(),
+            server_hostname=tlskit.SERVER_CN,
+        )
+        made.append(client.transport)
+        tracked = [gc.is_tracked(t) for t in made]
+        for t in made:
+            t.close()
+        await client.lost
+        server.close()
+        await server.wait_closed()
+        return tracked
+
+    assert run(loop, transports()) == [True, True, True]
+
+
+@pytest.mark.parametrize("kind", ["stream", "datagram"])
+def test_cycle_through_a_transport_dict_is_collected(loop, kind):
+    """A library keeps its protocol in an attribute of the transport (its __dict__), and
+    the protocol keeps the transport: the cycle is collected once the connection is lost."""
+
+    async def connection():
+        if kind == "stream":
+            a, b = socket.socketpair()
+            with b:
+                _, protocol = await loop.connect_accepted_socket(Keeper, a)
+        else:
+            _, protocol = await loop.create_datagram_endpoint(
+                DatagramKeeper, local_addr=("127.0.0.1", 0)
+            )
+        protocol.transport.owner = protocol
+        protocol.transport.close()
+        await protocol.lost
+        return refs_of(protocol)
+
+    refs = run(loop, connection())
+    assert alive(refs) == []
 
 
 # -- handles (issue 10, item 12) --------------------------------------------------------

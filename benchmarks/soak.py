@@ -18,6 +18,10 @@ one page per batch is the "RSS ±" column, large for the scenarios whose batches
     python benchmarks/soak.py                        # every scenario, asyncio and ferroloop
     python benchmarks/soak.py --only tcp,udp --scale 0.5
     python benchmarks/soak.py --check                # exit 1 if ferroloop exceeds the limits
+    make soak                                        # the same, every scenario (~2 minutes)
+
+A fifth of each batch, on ferroloop alone and without the RSS limit (too coarse at that size),
+runs in the test suite (tests/reliability/test_soak_slice.py): fds and GC objects must not grow.
 
 Linux only (``/proc``). Not a benchmark: nothing here is timed.
 """
@@ -546,6 +550,9 @@ def main(argv=None):
     parser.add_argument("--check", action="store_true", help="exit 1 above the limits")
     parser.add_argument("--max-rss-kib", type=float, default=64, help="per 10k units (--check)")
     parser.add_argument("--max-fds", type=float, default=0, help="per 10k units (--check)")
+    parser.add_argument(
+        "--max-gc-objects", type=float, default=None, help="per 10k units (--check; default: any)"
+    )
     parser.add_argument("--child", nargs=4, metavar=("LOOP", "SCENARIO", "UNITS", "ROUNDS"))
     args = parser.parse_args(argv)
     if args.child:
@@ -578,6 +585,8 @@ def main(argv=None):
                     failures.append(f"{name}: RSS +{g['rss_kib']:.0f} KiB per {PER:,}")
                 if g["fds"] > args.max_fds:
                     failures.append(f"{name}: {g['fds']:.0f} fds per {PER:,}")
+                if args.max_gc_objects is not None and g["gc_objects"] > args.max_gc_objects:
+                    failures.append(f"{name}: {g['gc_objects']:.0f} GC objects per {PER:,}")
     if args.check and failures:
         print("over the limits:\n  " + "\n  ".join(failures))
         return 1

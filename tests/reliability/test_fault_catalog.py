@@ -327,6 +327,116 @@ def test_peer_reset_during_tls_shutdown(loop, loop_kind):
     run(loop, main())
 
 
+def reset(sock):
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@contextlib.contextmanager
+def tcp_socket_pair():
+    """(ours, peer): a connected TCP pair, ours non-blocking with a small send buffer."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ours = socket.create_connection(listener.getsockname())
+        peer, _ = listener.accept()
+    with ours, peer:
+        ours.setblocking(False)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        yield ours, peer
+
+
+@pytest.mark.parametrize("op", ["sock_sendall", "sock_sendfile", "sock_recv", "sock_recv_into"])
+def test_peer_reset_during_a_sock_operation(loop, op, tmp_path):
+    sending = op in ("sock_sendall", "sock_sendfile")
+    data = payload(16 * MiB if sending else 0, 40)  # far more than the peer (not reading) takes
+    path = tmp_path / "data"
+    path.write_bytes(data)
+
+    async def main():
+        with tcp_socket_pair() as (ours, peer), open(path, "rb") as f:
+            if op == "sock_sendall":
+                pending = loop.sock_sendall(ours, data)
+            elif op == "sock_sendfile":
+                pending = loop.sock_sendfile(ours, f)
+            elif op == "sock_recv":
+                pending = loop.sock_recv(ours, 100)
+            else:
+                pending = loop.sock_recv_into(ours, bytearray(100))
+            task = asyncio.ensure_future(pending)
+            await poll_once()  # (it waits now)
+            assert not task.done()
+            reset(peer)
+            with pytest.raises(ConnectionResetError):
+                await task
+
+    run(loop, main())
+
+
+def test_peer_reset_during_transport_sendfile(loop, tmp_path):
+    path = tmp_path / "data"
+    path.write_bytes(payload(16 * MiB, 41))
+
+    async def main():
+        async with stream_pair(loop, "tcp") as (cp, sp):
+            sp.transport.pause_reading()
+            small_send_buffer(cp.transport)
+            with open(path, "rb") as f:
+                task = asyncio.ensure_future(loop.sendfile(cp.transport, f))
+                await poll_once()
+                assert not task.done()
+                linger_zero(sp.transport)
+                sp.transport.abort()
+                with pytest.raises(ConnectionResetError):
+                    await task
+            # (the transport is closed, as asyncio's: its error went to sendfile's caller)
+            assert await cp.lost is None
+
+    run(loop, main())
+
+
+def test_peer_reset_under_streams(loop):
+    async def main():
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            reader, writer = await asyncio.open_connection(*listener.getsockname())
+            peer, _ = listener.accept()
+        peer.sendall(b"a line without its end")
+        reset(peer)
+        with pytest.raises(ConnectionResetError):
+            await reader.readline()
+        writer.write(b"x")
+        with pytest.raises(ConnectionResetError):
+            await writer.drain()
+        writer.close()
+        with pytest.raises(ConnectionResetError):
+            await writer.wait_closed()
+
+    run(loop, main())
+
+
+class BufferedRecorder(asyncio.BufferedProtocol, Recorder):
+    def get_buffer(self, sizehint):
+        self.buf = bytearray(1000)
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.data += self.buf[:nbytes]
+
+
+def test_peer_reset_under_a_buffered_protocol(loop):
+    data = payload(5000, 42)
+
+    async def main():
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            _, p = await loop.create_connection(BufferedRecorder, *listener.getsockname())
+            peer, _ = listener.accept()
+        peer.sendall(data)
+        reset(peer)
+        exc = await p.lost
+        assert isinstance(exc, ConnectionResetError), repr(exc)
+        assert data.startswith(bytes(p.data))
+
+    run(loop, main())
+
+
 # -- half-close both ways ------------------------------------------------------------------
 
 

@@ -313,6 +313,20 @@ class TransportsMixin(LoopAPI):
                 }
             )
 
+    def _report_transport_turn_error(self, transport, exc, method) -> None:
+        # Called by the Rust core when a transport's read or write turn raises what the
+        # transport does not handle itself (asyncio: the reader/writer handle's callback
+        # raised, reported by Handle._run; there is no handle here, so the transport and
+        # its protocol are named instead).
+        self.call_exception_handler(
+            {
+                "message": f"Exception in callback {type(transport).__name__}.{method}()",
+                "exception": exc,
+                "transport": transport,
+                "protocol": transport.get_protocol(),
+            }
+        )
+
     # -- loop.sendfile -------------------------------------------------------------------
 
     async def sendfile(self, transport, file, offset=0, count=None, *, fallback=True):

@@ -21,7 +21,7 @@ use crate::attach::SafeCall;
 use crate::handles::{format_module, Handle};
 use crate::metrics::Slow;
 use crate::poller::Side;
-use crate::transport::{DatagramTransport, StreamTransport};
+use crate::transport::{turn_failed, DatagramTransport, StreamTransport};
 
 /// A callback that just ran, as far as naming it goes: what it was, borrowed from where
 /// the loop holds it.
@@ -133,17 +133,19 @@ impl CoreLoop {
             ReadyItem::Stream(t, side) => {
                 let t = t.into_bound(py);
                 match side {
-                    Side::Read => StreamTransport::on_readable(&t)?,
-                    Side::Write => StreamTransport::on_writable(&t)?,
+                    Side::Read => StreamTransport::on_readable(&t),
+                    Side::Write => StreamTransport::on_writable(&t),
                 }
+                .or_else(|e| turn_failed(&t, side, e))?;
                 self.batch_done(py, 1, Some(Subject::Transport(t.as_any(), side)), false);
             }
             ReadyItem::Datagram(t, side) => {
                 let t = t.into_bound(py);
                 match side {
-                    Side::Read => DatagramTransport::on_readable(&t)?,
-                    Side::Write => DatagramTransport::on_writable(&t)?,
+                    Side::Read => DatagramTransport::on_readable(&t),
+                    Side::Write => DatagramTransport::on_writable(&t),
                 }
+                .or_else(|e| turn_failed(&t, side, e))?;
                 self.batch_done(py, 1, Some(Subject::Transport(t.as_any(), side)), false);
             }
             ReadyItem::Sock(fd, side) => {
@@ -190,14 +192,27 @@ impl CoreLoop {
         Ok(())
     }
 
-    /// A turn of native I/O (a handle is not one: it is left alone).
+    /// A turn of native I/O (a handle is not one: it is left alone). What a transport's
+    /// turn lets escape goes to the exception handler (`turn_failed`).
     #[inline(always)]
     fn run_turn(&self, py: Python<'_>, item: ReadyItem) -> PyResult<()> {
         match item {
-            ReadyItem::Stream(t, Side::Read) => StreamTransport::on_readable(t.bind(py)),
-            ReadyItem::Stream(t, Side::Write) => StreamTransport::on_writable(t.bind(py)),
-            ReadyItem::Datagram(t, Side::Read) => DatagramTransport::on_readable(t.bind(py)),
-            ReadyItem::Datagram(t, Side::Write) => DatagramTransport::on_writable(t.bind(py)),
+            ReadyItem::Stream(t, side) => {
+                let t = t.bind(py);
+                match side {
+                    Side::Read => StreamTransport::on_readable(t),
+                    Side::Write => StreamTransport::on_writable(t),
+                }
+                .or_else(|e| turn_failed(t, side, e))
+            }
+            ReadyItem::Datagram(t, side) => {
+                let t = t.bind(py);
+                match side {
+                    Side::Read => DatagramTransport::on_readable(t),
+                    Side::Write => DatagramTransport::on_writable(t),
+                }
+                .or_else(|e| turn_failed(t, side, e))
+            }
             ReadyItem::Sock(fd, side) => self.run_sock_op(py, fd, side),
             ReadyItem::Handle(_) => Ok(()),
         }

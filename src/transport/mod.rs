@@ -394,6 +394,31 @@ pub fn connection_lost<T: Transport>(slf: &Bound<'_, T>, exc: Option<Py<PyAny>>)
     result.map(|()| true)
 }
 
+/// A transport's read or write turn raised what its own error handling does not catch
+/// (asyncio: an exception escaping the reader or writer callback, e.g. from
+/// `eof_received()`'s answer or a pipe protocol lacking `eof_received`):
+/// `KeyboardInterrupt`/`SystemExit` propagate, anything else goes to the loop's exception
+/// handler (`Loop._report_transport_turn_error`) and the loop goes on, as after a handle.
+#[cold]
+#[inline(never)]
+pub fn turn_failed<T: Transport>(slf: &Bound<'_, T>, side: Side, e: PyErr) -> PyResult<()> {
+    let py = slf.py();
+    if is_base_exit(py, &e) {
+        return Err(e);
+    }
+    let method = match side {
+        Side::Read => "_read_ready",
+        Side::Write => "_write_ready",
+    };
+    let event_loop = slf.get().loop_of(py);
+    event_loop.bind(py).safe_method(
+        intern!(py, "_report_transport_turn_error"),
+        (slf, e.into_value(py), method),
+        None,
+    )?;
+    Ok(())
+}
+
 /// Watermarks of a write buffer and whether the protocol was told to pause.
 pub struct FlowControl {
     pub high: usize,

@@ -389,7 +389,9 @@ impl StreamTransport {
             return Ok(false);
         }
         if let Err(e) = data_received.safe_call1(data) {
-            if is_base_exit(py, &e) {
+            if is_base_exit(py, &e) || this.kind == Kind::ReadPipe {
+                // asyncio's read pipe lets it escape to the loop, which reports it and
+                // reads on (the run loop's `turn_failed`).
                 return Err(e);
             }
             fatal_error(slf, e, "Fatal error: protocol.data_received() call failed.")?;

@@ -1064,9 +1064,14 @@ impl TlsProtocol {
         let Some(protocol) = protocol else {
             return Ok(());
         };
-        match protocol.bind(py).safe_method0(intern!(py, "eof_received")) {
+        // (the answer's truth test is part of the call: its failure is the call's)
+        let result = protocol
+            .bind(py)
+            .safe_method0(intern!(py, "eof_received"))
+            .and_then(|keep_open| keep_open.is_truthy());
+        match result {
             Ok(keep_open) => {
-                if keep_open.is_truthy()? {
+                if keep_open {
                     logger(py)?.safe_method1(
                         intern!(py, "warning"),
                         "returning true from eof_received() has no effect when using ssl",

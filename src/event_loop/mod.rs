@@ -26,7 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mio::{Events, Poll, Registry, Token, Waker};
-use pyo3::exceptions::{PyOverflowError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyAttributeError, PyOverflowError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -313,21 +315,45 @@ fn custom_clock_plus(slf: &Bound<'_, PyAny>, delay: &Bound<'_, PyAny>) -> PyResu
     now.add(delay)?.extract()
 }
 
-/// `selectors._fileobj_to_fd`: an int, or an object with `fileno()`. A number too large for
-/// an fd is returned as is: registering it fails (OverflowError, as epoll's does), and
-/// looking it up finds nothing.
+/// `selectors._fileobj_to_fd`: an int, or `int(obj.fileno())`; an `AttributeError`,
+/// `TypeError` or `ValueError` from that means an invalid file object, anything else
+/// (`OSError`, `KeyboardInterrupt`...) propagates as is. A number too large for an fd is
+/// valid here (as `i64::MAX` when beyond it): registering it fails (OverflowError, as
+/// epoll's does), and looking it up finds nothing.
 pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<i64> {
-    let fd: i64 = if obj.is_instance_of::<PyInt>() {
-        obj.extract()?
+    let py = obj.py();
+    let number = if obj.is_instance_of::<PyInt>() {
+        obj.clone()
     } else {
-        let invalid = || PyValueError::new_err(format!("Invalid file object: {}", repr(obj)));
-        obj.safe_method0(intern!(obj.py(), "fileno"))
-            .and_then(|f| f.extract::<i64>())
-            .map_err(|_| invalid())?
+        let int = py.get_type::<PyInt>();
+        match obj
+            .safe_method0(intern!(py, "fileno"))
+            .and_then(|f| int.as_any().safe_call1(f))
+        {
+            Ok(n) => n,
+            Err(e)
+                if e.is_instance_of::<PyAttributeError>(py)
+                    || e.is_instance_of::<PyTypeError>(py)
+                    || e.is_instance_of::<PyValueError>(py) =>
+            {
+                return Err(PyValueError::new_err(format!(
+                    "Invalid file object: {}",
+                    repr(obj)
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let fd = match number.extract::<i64>() {
+        Ok(fd) => fd,
+        // Beyond 64 bits: negative is invalid, positive is a number no fd has.
+        Err(_) if number.lt(0)? => -1,
+        Err(_) => return Ok(i64::MAX),
     };
     if fd < 0 {
         return Err(PyValueError::new_err(format!(
-            "Invalid file descriptor: {fd}"
+            "Invalid file descriptor: {}",
+            number.str()?
         )));
     }
     Ok(fd)

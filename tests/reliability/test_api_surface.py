@@ -179,3 +179,87 @@ def test_read_pipe_data_received_failure_is_reported_and_reading_goes_on(loop):
         assert isinstance(errors[0]["exception"], ZeroDivisionError)
 
     run(loop, main())
+
+
+# -- issue 10 item 17: fileno() and fd arguments --------------------------------------------
+
+
+class FilenoRaises:
+    def __init__(self, exc):
+        self.exc = exc
+
+    def fileno(self):
+        raise self.exc("from fileno")
+
+
+class FilenoIs:
+    def __init__(self, value):
+        self.value = value
+
+    def fileno(self):
+        return self.value
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit, OSError, RuntimeError])
+@pytest.mark.parametrize("method", ["add_reader", "add_writer", "remove_reader", "remove_writer"])
+def test_fileno_exception_propagates_as_is(loop, exc, method):
+    args = (lambda: None,) if method.startswith("add") else ()
+    with pytest.raises(exc, match="from fileno"):
+        getattr(loop, method)(FilenoRaises(exc), *args)
+
+
+@pytest.mark.parametrize("exc", [AttributeError, TypeError, ValueError])
+def test_fileno_invalid_object(loop, exc):
+    with pytest.raises(ValueError, match="Invalid file object"):
+        loop.remove_reader(FilenoRaises(exc))
+
+
+@pytest.mark.parametrize("fd", [2**64, 2**63, 2**31, FilenoIs(2**64), FilenoIs(2**31)], ids=repr)
+@pytest.mark.parametrize("method", ["remove_reader", "remove_writer"])
+def test_remove_of_a_huge_fd_returns_false(loop, method, fd):
+    assert getattr(loop, method)(fd) is False
+
+
+@pytest.mark.parametrize("fd", [2**64, 2**31, FilenoIs(2**64)], ids=repr)
+def test_add_reader_of_a_huge_fd_overflows(loop, fd):
+    with pytest.raises(OverflowError):
+        loop.add_reader(fd, lambda: None)
+
+
+@pytest.mark.parametrize("fd", [-1, -(2**64), FilenoIs(-1), FilenoIs(-(2**64))], ids=repr)
+@pytest.mark.parametrize("method", ["remove_reader", "add_reader"])
+def test_negative_fd_is_invalid(loop, method, fd):
+    args = (lambda: None,) if method == "add_reader" else ()
+    number = fd.value if isinstance(fd, FilenoIs) else fd
+    with pytest.raises(ValueError, match=rf"^Invalid file descriptor: {number}$"):
+        getattr(loop, method)(fd, *args)
+
+
+@pytest.mark.parametrize("fd", ["x", 1.5, None, FilenoIs("x")], ids=repr)
+def test_non_int_fd_is_an_invalid_file_object(loop, fd):
+    with pytest.raises(ValueError, match=r"^Invalid file object: "):
+        loop.remove_reader(fd)
+
+
+def test_fileno_result_is_converted_with_int(loop):
+    # selectors: int(fileobj.fileno()); a float names the fd it truncates to.
+    a, b = socket.socketpair()
+    with a, b:
+        loop.add_reader(FilenoIs(a.fileno() + 0.5), lambda: None)
+        assert loop.remove_reader(a.fileno()) is True
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit])
+# (asyncio's half-made transport then fails in __del__)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_create_connection_fileno_exception_propagates(loop, exc):
+    class Sock(socket.socket):
+        def fileno(self):
+            raise exc("from fileno")
+
+    sock = Sock()
+    try:
+        with pytest.raises(exc, match="from fileno"):
+            loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=sock))
+    finally:
+        socket.socket.close(sock)

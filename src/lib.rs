@@ -78,6 +78,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     freelist::install_handle_free_lists(m.py())?;
     handles::install_traversal(m.py());
     m.add_class::<transport::StreamTransport>()?;
+    m.add_class::<transport::ReadPipeTransport>()?;
+    m.add_class::<transport::WritePipeTransport>()?;
     m.add_class::<transport::DatagramTransport>()?;
     m.add_class::<transport::TlsProtocol>()?;
     m.add_class::<transport::TlsTransport>()?;

@@ -41,6 +41,64 @@ _ferroloop.StreamTransport.max_size = 256 * 1024
 _ferroloop.DatagramTransport.max_size = 256 * 1024
 
 
+class _Absent:
+    """An attribute that asyncio's class of a transport lacks, on ours: reading it raises
+    AttributeError (so ``hasattr`` is False), unless it was assigned on the instance (test
+    suites patch transports), as with asyncio's."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is not None:
+            try:
+                return obj.__dict__[self.name]
+            except KeyError:
+                pass
+            owner = type(obj)
+        raise AttributeError(f"{owner.__name__!r} object has no attribute {self.name!r}")
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__[self.name] = value
+
+    def __delete__(self, obj) -> None:
+        try:
+            del obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(self.name) from None
+
+
+# asyncio's read pipe transport is a ReadTransport only (no write side, not even abort);
+# its write pipe transport has no max_size (it never reads).
+for _name in (
+    "abort",
+    "can_write_eof",
+    "get_write_buffer_limits",
+    "get_write_buffer_size",
+    "set_write_buffer_limits",
+    "write",
+    "write_eof",
+    "writelines",
+):
+    setattr(_ferroloop.ReadPipeTransport, _name, _Absent(_name))
+_ferroloop.WritePipeTransport.max_size = _Absent("max_size")
+
+
+def _transport_dir(self):
+    # object.__dir__ lists what ``__class__`` (an asyncio class) and the instance have;
+    # add what the Rust class has beyond it (max_size, private methods).
+    names = set(object.__dir__(self))
+    names.update(name for name in dir(type(self)) if hasattr(self, name))
+    return sorted(names)
+
+
+for _cls in (_ferroloop.StreamTransport, _ferroloop.DatagramTransport):
+    _cls.__dir__ = _transport_dir
+del _cls, _name
+
+
 class DatagramTransport(asyncio.Transport, asyncio.DatagramTransport):
     """The class ferroloop's (Rust) datagram transports report as ``__class__``.
 
@@ -278,7 +336,9 @@ class TransportsMixin(LoopAPI):
 
     def _make_read_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         """A Rust read transport over a non-blocking pipe, socket or character device."""
-        return self._start_pipe_transport("read_pipe", pipe, protocol, waiter, extra)
+        return self._start_pipe_transport(
+            _ferroloop.ReadPipeTransport, pipe, protocol, waiter, extra
+        )
 
     def _make_write_pipe_transport(self, pipe, protocol, waiter=None, extra=None):
         """A Rust write transport over a non-blocking pipe, socket or character device.
@@ -288,13 +348,14 @@ class TransportsMixin(LoopAPI):
         """
         mode = os.fstat(pipe.fileno()).st_mode
         watches = stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
-        kind = "write_pipe" if watches else "write_device"
-        return self._start_pipe_transport(kind, pipe, protocol, waiter, extra)
+        return self._start_pipe_transport(
+            _ferroloop.WritePipeTransport, pipe, protocol, waiter, extra, watches
+        )
 
-    def _start_pipe_transport(self, kind, pipe, protocol, waiter, extra):
+    def _start_pipe_transport(self, make, pipe, protocol, waiter, extra, *args):
         info = dict(extra) if extra else {}
         info["pipe"] = pipe
-        transport = _ferroloop.StreamTransport(self, pipe, protocol, info, None, kind)
+        transport = make(self, pipe, protocol, info, *args)
         self._schedule_start(transport, protocol, waiter)
         return transport
 

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyNotImplementedError, PyOSError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -62,6 +62,8 @@ struct State {
     address: Option<Py<PyAny>>,
     queue: VecDeque<(Vec<u8>, Dest)>,
     queued: usize,
+    /// `pause_reading()` was called.
+    paused: bool,
 }
 
 #[pyclass(frozen, weakref, dict, module = "ferroloop._ferroloop")]
@@ -229,7 +231,7 @@ impl DatagramTransport {
         let this = slf.get();
         let (context, protocol) = {
             let st = this.state.borrow(py);
-            if st.c.conn_lost > 0 || st.c.closing || !st.c.registered {
+            if st.c.conn_lost > 0 || st.c.closing || !st.c.registered || st.paused {
                 return Ok(());
             }
             // (as `Bound`s: dropping them needs no check of the interpreter lock)
@@ -268,7 +270,7 @@ impl DatagramTransport {
                     return Ok(true);
                 }
                 let st = this.state.borrow(py);
-                if st.c.conn_lost > 0 || st.c.closing {
+                if st.c.conn_lost > 0 || st.c.closing || st.paused {
                     return Ok(false);
                 }
             }
@@ -503,6 +505,7 @@ impl DatagramTransport {
                 address: address.filter(|a| !a.is_none()).map(Bound::unbind),
                 queue: VecDeque::new(),
                 queued: 0,
+                paused: false,
             }),
         })
     }
@@ -536,6 +539,59 @@ impl DatagramTransport {
         }
         core.push_transport_read(py, me);
         Ok(())
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        let st = self.state.borrow(py);
+        !st.c.closing && !st.paused
+    }
+
+    fn pause_reading(&self, py: Python<'_>) {
+        let mut st = self.state.borrow_mut(py);
+        if !st.c.closing {
+            st.paused = true;
+        }
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) {
+        let py = slf.py();
+        let event_loop = {
+            let mut st = slf.get().state.borrow_mut(py);
+            if st.c.closing || !st.paused {
+                return;
+            }
+            st.paused = false;
+            if !st.c.registered {
+                return;
+            }
+            st.c.event_loop.clone_ref(py)
+        };
+        // Datagrams may have arrived while paused, with no new edge to report them.
+        event_loop
+            .bind(py)
+            .get()
+            .push_transport_read(py, NativeTransport::Datagram(slf.clone().unbind()));
+    }
+
+    // asyncio's datagram transport inherits these from `WriteTransport`, unimplemented.
+    #[pyo3(signature = (data))]
+    fn write(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let _ = data;
+        Err(PyNotImplementedError::new_err(()))
+    }
+
+    #[pyo3(signature = (list_of_data))]
+    fn writelines(&self, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let _ = list_of_data;
+        Err(PyNotImplementedError::new_err(()))
+    }
+
+    fn write_eof(&self) -> PyResult<()> {
+        Err(PyNotImplementedError::new_err(()))
+    }
+
+    fn can_write_eof(&self) -> PyResult<bool> {
+        Err(PyNotImplementedError::new_err(()))
     }
 
     #[pyo3(signature = (data, addr=None))]

@@ -26,7 +26,7 @@ use crate::event_loop::{CoreLoop, ReadyItem};
 use crate::poller::Side;
 
 pub use datagram::DatagramTransport;
-pub use stream::StreamTransport;
+pub use stream::{ReadPipeTransport, StreamTransport, WritePipeTransport};
 pub use tls::{TlsProtocol, TlsTransport};
 
 /// Default high-water mark of a write buffer (asyncio's).

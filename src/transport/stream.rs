@@ -48,7 +48,10 @@ use super::{
 };
 use std::cell::{Ref, RefMut};
 
+mod pipe;
 mod write;
+
+pub use pipe::{ReadPipeTransport, WritePipeTransport};
 
 /// Bytes asked of each `recv` (asyncio's `max_size`).
 const MAX_READ: usize = 256 * 1024;
@@ -121,7 +124,9 @@ impl Kind {
     }
 }
 
-#[pyclass(frozen, weakref, dict, module = "ferroloop._ferroloop")]
+/// (`subclass`: the pipe transports, `stream/pipe.rs`, are subclasses with asyncio's
+/// methods of each direction.)
+#[pyclass(frozen, subclass, weakref, dict, module = "ferroloop._ferroloop")]
 pub struct StreamTransport {
     fd: RawFd,
     kind: Kind,
@@ -580,7 +585,8 @@ impl StreamTransport {
 
 #[pymethods]
 impl StreamTransport {
-    /// Makes a transport for a connected non-blocking stream socket. `connection_made` and
+    /// Makes a transport for a connected non-blocking stream socket (`kind="socket"`; the
+    /// pipe transports' constructors pass theirs). `connection_made` and
     /// the start of reading are scheduled with `call_soon`, as asyncio does; the Python side
     /// (`Loop._make_socket_transport`) builds `extra` and schedules the waiter.
     #[new]
@@ -642,7 +648,9 @@ impl StreamTransport {
         match self.kind {
             Kind::Socket => asyncio_class(py, &SOCKET, "Transport"),
             Kind::ReadPipe => asyncio_class(py, &READ, "ReadTransport"),
-            Kind::WritePipe { .. } => asyncio_class(py, &WRITE, "WriteTransport"),
+            // asyncio's write pipe transport derives from `Transport` (its read-side
+            // methods raise NotImplementedError), so it passes `isinstance(ReadTransport)`.
+            Kind::WritePipe { .. } => asyncio_class(py, &WRITE, "Transport"),
         }
     }
 

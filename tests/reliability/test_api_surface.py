@@ -263,3 +263,223 @@ def test_create_connection_fileno_exception_propagates(loop, exc):
             loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=sock))
     finally:
         socket.socket.close(sock)
+
+
+# -- issue 11 item 2 and datagram transports: each transport's methods ----------------------
+
+READ_PIPE_LACKS = (
+    "abort",
+    "can_write_eof",
+    "get_write_buffer_limits",
+    "get_write_buffer_size",
+    "set_write_buffer_limits",
+    "write",
+    "write_eof",
+    "writelines",
+)
+
+# What asyncio's transports have, on every supported Python (public names).
+EXPECTED_PUBLIC = {
+    "read_pipe": {
+        "close",
+        "get_extra_info",
+        "get_protocol",
+        "is_closing",
+        "is_reading",
+        "max_size",
+        "pause_reading",
+        "resume_reading",
+        "set_protocol",
+    },
+}
+EXPECTED_PUBLIC["write_pipe"] = EXPECTED_PUBLIC["read_pipe"] - {"max_size"} | set(READ_PIPE_LACKS)
+EXPECTED_PUBLIC["datagram"] = EXPECTED_PUBLIC["write_pipe"] | {"max_size", "sendto"}
+EXPECTED_PUBLIC["socket"] = EXPECTED_PUBLIC["write_pipe"] | {"max_size"}
+
+
+async def make_transports(loop):
+    """A transport of each kind, and a function closing them (and what they use)."""
+    r, w = os.pipe()
+    r2, w2 = os.pipe()
+    # (the transports close the pipes)
+    rpipe = open(r, "rb", 0)  # noqa: SIM115
+    wpipe = open(w2, "wb", 0)  # noqa: SIM115
+    read_pipe, _ = await loop.connect_read_pipe(asyncio.Protocol, rpipe)
+    write_pipe, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, wpipe)
+    datagram, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    a, b = socket.socketpair()
+    stream, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+    transports = {
+        "read_pipe": read_pipe,
+        "write_pipe": write_pipe,
+        "datagram": datagram,
+        "socket": stream,
+    }
+
+    async def close():
+        for t in transports.values():
+            t.close()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        os.close(w)
+        os.close(r2)
+        b.close()
+
+    return transports, close
+
+
+def public(names):
+    return {n for n in names if not n.startswith("_")}
+
+
+def test_each_transport_has_asyncios_public_names(loop):
+    async def main():
+        transports, close = await make_transports(loop)
+        try:
+            for kind, t in transports.items():
+                expected = EXPECTED_PUBLIC[kind]
+                assert public(dir(t)) == expected, kind
+                candidates = set().union(*EXPECTED_PUBLIC.values())
+                present = {n for n in candidates if hasattr(t, n)}
+                assert present == expected, kind
+        finally:
+            await close()
+
+    run(loop, main())
+
+
+def test_transport_isinstance(loop):
+    async def main():
+        transports, close = await make_transports(loop)
+        try:
+            expected = {
+                "read_pipe": (True, False),
+                "write_pipe": (True, True),  # asyncio's derives from Transport
+                "datagram": (True, True),
+                "socket": (True, True),
+            }
+            for kind, t in transports.items():
+                found = (
+                    isinstance(t, asyncio.ReadTransport),
+                    isinstance(t, asyncio.WriteTransport),
+                )
+                assert found == expected[kind], kind
+                assert isinstance(t, asyncio.BaseTransport)
+        finally:
+            await close()
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("name", READ_PIPE_LACKS)
+def test_read_pipe_has_no_write_side(loop, name):
+    async def main():
+        transports, close = await make_transports(loop)
+        try:
+            t = transports["read_pipe"]
+            with pytest.raises(AttributeError):
+                getattr(t, name)
+            assert not t.is_closing()
+            assert t.is_reading()
+        finally:
+            await close()
+
+    run(loop, main())
+
+
+def test_read_pipe_write_can_be_patched(loop):
+    # Test suites assign transport methods; asyncio's plain objects allow it.
+    async def main():
+        transports, close = await make_transports(loop)
+        try:
+            t = transports["read_pipe"]
+            written = []
+            t.write = written.append
+            t.write(b"x")
+            assert written == [b"x"]
+            del t.write
+            assert not hasattr(t, "write")
+        finally:
+            await close()
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("name", ["pause_reading", "resume_reading", "is_reading"])
+def test_write_pipe_read_side_is_not_implemented(loop, name):
+    async def main():
+        transports, close = await make_transports(loop)
+        try:
+            t = transports["write_pipe"]
+            with pytest.raises(NotImplementedError):
+                getattr(t, name)()
+            t.write(b"still works")
+        finally:
+            await close()
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [("write", (b"x",)), ("writelines", ([b"x"],)), ("write_eof", ()), ("can_write_eof", ())],
+)
+def test_datagram_write_side_is_not_implemented(loop, name, args):
+    async def main():
+        transports, close = await make_transports(loop)
+        try:
+            with pytest.raises(NotImplementedError):
+                getattr(transports["datagram"], name)(*args)
+        finally:
+            await close()
+
+    run(loop, main())
+
+
+class Datagrams(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.received = []
+        self.more = None
+
+    def datagram_received(self, data, addr):
+        self.received.append(data)
+        if self.more is not None and not self.more.done():
+            self.more.set_result(None)
+
+
+def test_datagram_pause_and_resume_reading(loop):
+    async def main():
+        transport, proto = await loop.create_datagram_endpoint(
+            Datagrams, local_addr=("127.0.0.1", 0)
+        )
+        addr = transport.get_extra_info("sockname")
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            assert transport.is_reading()
+            transport.pause_reading()
+            assert not transport.is_reading()
+            sender.sendto(b"one", addr)
+            sender.sendto(b"two", addr)
+            # the datagrams wait in the socket: a zero-timeout recv proves they arrived
+            peek = socket.socket(fileno=os.dup(transport.get_extra_info("socket").fileno()))
+            with peek:
+                assert peek.recv(10, socket.MSG_PEEK) == b"one"
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert proto.received == []
+            transport.resume_reading()
+            assert transport.is_reading()
+            while len(proto.received) < 2:
+                proto.more = loop.create_future()
+                await proto.more
+            assert proto.received == [b"one", b"two"]
+            transport.close()
+            assert not transport.is_reading()
+        finally:
+            sender.close()
+            transport.close()
+            await asyncio.sleep(0)
+
+    run(loop, main())

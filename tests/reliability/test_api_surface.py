@@ -7,7 +7,7 @@ import os
 import socket
 
 import pytest
-from _netkit import Accepting, Recorder, address_of, run
+from _netkit import Accepting, Recorder, address_of, run, serving
 from _tlskit import SERVER_CN, client_context, tls_serving
 
 # -- issue 10 item 15: eof_received failures go to the exception handler --------------------
@@ -481,5 +481,33 @@ def test_datagram_pause_and_resume_reading(loop):
             sender.close()
             transport.close()
             await asyncio.sleep(0)
+
+    run(loop, main())
+
+
+# -- issue 11 item 1: start_tls on a closing transport --------------------------------------
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+def test_start_tls_on_a_closing_transport_returns_none(loop, how):
+    # aiohttp relies on it to report the failed connection (its
+    # test_start_tls_connection_returns_none). asyncio: the transport's connection_lost()
+    # reaches the TLS layer (set as its protocol) before the handshake starts, which ends
+    # start_tls() with no transport, and the new protocol's connection_lost(None).
+    async def main():
+        accepting = Accepting(Recorder)
+        ctx = client_context()
+        async with serving(loop, accepting) as server:
+            transport, proto = await loop.create_connection(Recorder, *address_of(server))
+            server_proto = await accepting.made()
+            getattr(transport, how)()
+            app = Recorder()
+            result = await loop.start_tls(transport, app, ctx, server_hostname=SERVER_CN)
+            assert result is None
+            assert await app.lost is None
+            assert not app.made.done()
+            assert not proto.lost.done()  # replaced by the TLS layer before it was due
+            assert transport.is_closing()
+            await server_proto.lost
 
     run(loop, main())

@@ -233,6 +233,10 @@ impl TlsProtocol {
         this.set_phase(py, Phase::Unwrapped)?;
         let (lower, native, app_transport, app_protocol, app_reader, hs, sd) = {
             let mut st = this.st.borrow_mut(py);
+            // asyncio makes the application transport with the protocol and forgets it
+            // here: from now on `_app_transport` is None (`start_tls` on a transport that
+            // was closing returns it), even if it was never asked for.
+            st.app_transport_created = true;
             (
                 st.lower.take(),
                 st.lower_native.take(),

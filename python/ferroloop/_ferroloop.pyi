@@ -18,10 +18,12 @@ __all__ = [
     "CoreLoop",
     "DatagramTransport",
     "Handle",
+    "ReadPipeTransport",
     "StreamTransport",
     "TimerHandle",
     "TlsProtocol",
     "TlsTransport",
+    "WritePipeTransport",
     "__version__",
     "path_mode_and_inode",
     "sendfile",
@@ -133,6 +135,8 @@ class CoreLoop:
 # The transports and the TLS protocol are built by the Python layers only (``_transports.py``,
 # ``_servers.py``, ...): typed as Any.
 StreamTransport: Any
+ReadPipeTransport: Any
+WritePipeTransport: Any
 DatagramTransport: Any
 TlsTransport: Any
 TlsProtocol: Any

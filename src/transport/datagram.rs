@@ -580,9 +580,11 @@ impl DatagramTransport {
         Err(PyNotImplementedError::new_err(()))
     }
 
+    /// (asyncio's joins the items, then calls `write`.)
     #[pyo3(signature = (list_of_data))]
     fn writelines(&self, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let _ = list_of_data;
+        let py = list_of_data.py();
+        PyBytes::new(py, b"").safe_method1(intern!(py, "join"), list_of_data)?;
         Err(PyNotImplementedError::new_err(()))
     }
 

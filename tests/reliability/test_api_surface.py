@@ -438,6 +438,19 @@ def test_datagram_write_side_is_not_implemented(loop, name, args):
     run(loop, main())
 
 
+def test_datagram_writelines_joins_first(loop):
+    # asyncio's WriteTransport.writelines: b"".join(list_of_data), then write().
+    async def main():
+        transports, close = await make_transports(loop)
+        try:
+            with pytest.raises(TypeError):
+                transports["datagram"].writelines([1])
+        finally:
+            await close()
+
+    run(loop, main())
+
+
 class Datagrams(asyncio.DatagramProtocol):
     def __init__(self):
         self.received = []

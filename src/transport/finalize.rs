@@ -54,11 +54,18 @@ impl Original {
     }
 }
 
-static ORIGINAL: [Original; 3] = [Original::new(), Original::new(), Original::new()];
+static ORIGINAL: [Original; 5] = [
+    Original::new(),
+    Original::new(),
+    Original::new(),
+    Original::new(),
+    Original::new(),
+];
 
 unsafe extern "C" fn finalize<T: Finalize>(obj: *mut ffi::PyObject) {
     // SAFETY: CPython calls `tp_finalize` on an attached thread, with a live object of the
-    // type it was installed on (the types are not subclassable).
+    // type it was installed on or of a subclass (the pipe transports' Rust types get their
+    // own; a Python subclass shares the layout).
     let py = unsafe { Python::assume_attached() };
     // SAFETY: as above; the borrow lasts for this call, during which the caller keeps the
     // object alive.
@@ -166,9 +173,12 @@ fn install<T: Finalize, const K: usize>(py: Python<'_>) {
     }
 }
 
-/// Installs the slots of the transport types.
+/// Installs the slots of the transport types. Every transport pyclass is listed, the
+/// subclasses too: a type made before this runs inherited its base's original slots.
 pub fn install_transport_finalizers(py: Python<'_>) {
     install::<super::StreamTransport, 0>(py);
     install::<super::DatagramTransport, 1>(py);
     install::<super::TlsTransport, 2>(py);
+    install::<super::ReadPipeTransport, 3>(py);
+    install::<super::WritePipeTransport, 4>(py);
 }

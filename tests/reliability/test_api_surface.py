@@ -3,8 +3,11 @@
 ferroloop and on stdlib asyncio, and asserts what asyncio does. Loopback only."""
 
 import asyncio
+import gc
 import os
 import socket
+import warnings
+import weakref
 
 import pytest
 from _netkit import Accepting, Recorder, address_of, run, serving
@@ -387,6 +390,42 @@ def test_read_pipe_has_no_write_side(loop, name):
             await close()
 
     run(loop, main())
+
+
+class Keeper(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+
+@pytest.mark.parametrize("direction", ["read", "write"])
+def test_pipe_transport_in_a_cycle_dropped_unclosed_is_collected(new_loop, direction):
+    # The pipe transports' own classes get the transports' finalizer and GC support: the
+    # cycle is collected, and the transport closes its pipe with a ResourceWarning.
+    loop = new_loop()
+    rfd, wfd = os.pipe()
+
+    async def connect():
+        if direction == "read":
+            pipe, other = open(rfd, "rb", 0), wfd  # noqa: SIM115
+            transport, protocol = await loop.connect_read_pipe(Keeper, pipe)
+        else:
+            pipe, other = open(wfd, "wb", 0), rfd  # noqa: SIM115
+            transport, protocol = await loop.connect_write_pipe(Keeper, pipe)
+        transport.owner = protocol  # a cycle through the instance dict
+        assert gc.is_tracked(transport)
+        return weakref.ref(transport), weakref.ref(protocol), pipe, other
+
+    tref, pref, pipe, other = run(loop, connect())
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            loop.close()
+            gc.collect()
+        assert tref() is None and pref() is None
+        assert pipe.closed
+        assert any("unclosed transport" in str(w.message) for w in caught)
+    finally:
+        os.close(other)
 
 
 def test_read_pipe_write_can_be_patched(loop):

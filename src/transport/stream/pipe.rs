@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::event_loop::CoreLoop;
+use crate::transport::finalize::Finalize;
 
 use super::StreamTransport;
 
@@ -30,6 +31,18 @@ impl ReadPipeTransport {
     ) -> PyResult<PyClassInitializer<Self>> {
         let base = StreamTransport::new(py, event_loop, pipe, protocol, extra, None, "read_pipe")?;
         Ok(PyClassInitializer::from(base).add_subclass(ReadPipeTransport))
+    }
+}
+
+impl Finalize for ReadPipeTransport {
+    fn finalize(slf: &Bound<'_, Self>) {
+        StreamTransport::finalize(slf.as_super());
+    }
+}
+
+impl Finalize for WritePipeTransport {
+    fn finalize(slf: &Bound<'_, Self>) {
+        StreamTransport::finalize(slf.as_super());
     }
 }
 

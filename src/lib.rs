@@ -30,6 +30,8 @@ mod gil_cell;
 mod handles;
 mod metrics;
 pub mod poller;
+#[cfg(test)]
+mod proptests;
 mod sock_ops;
 mod sys;
 mod threadsafe;

@@ -92,7 +92,12 @@ fn recv_into(
     // Any writable C-contiguous buffer, as its raw bytes; no Python code runs while it is
     // borrowed.
     let mut pybuf = RawBuffer::writable(buf, "recv_into() argument 1")?;
-    Ok(recv(fd, pybuf.as_mut_slice()))
+    let slice = pybuf.as_mut_slice();
+    if slice.is_empty() {
+        // `socket.recv_into` of an empty buffer returns 0 without a syscall.
+        return Ok(Ok(0));
+    }
+    Ok(recv(fd, slice))
 }
 
 fn io_attempt<T>(r: std::io::Result<T>, done: impl FnOnce(T) -> Py<PyAny>) -> Attempt {
@@ -220,15 +225,19 @@ pub fn first_recv_into(
     }
 }
 
-/// Sends what it can of `data`; returns how much was sent.
+/// Sends what it can of `data`; returns how much was sent. Empty data is sent too (one
+/// syscall), so a closed or broken socket says so, as `socket.send(b"")` does.
 pub fn first_send(fd: RawFd, data: &[u8]) -> PyResult<usize> {
     let mut pos = 0;
-    while pos < data.len() {
+    loop {
         match send(fd, &data[pos..]) {
             Ok(n) => pos += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) if would_block(&e) => break,
             Err(e) => return Err(os_error(e)),
+        }
+        if pos >= data.len() {
+            break;
         }
     }
     Ok(pos)

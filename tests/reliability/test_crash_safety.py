@@ -12,9 +12,9 @@ import math
 import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
+from _childkit import child_command
 
 FAR = 10  # seconds: a bound only a hang reaches
 CHILD_TIMEOUT = 60
@@ -29,19 +29,9 @@ def run_child(loop_kind, body, *, timeout=CHILD_TIMEOUT):
     Returns the completed process (stdout and stderr as text); a child that does not
     finish within ``timeout`` fails the test.
     """
-    prologue = textwrap.dedent(
-        f"""
-        import asyncio, sys
-        if {loop_kind!r} == "ferroloop":
-            import ferroloop
-            new_loop = ferroloop.new_event_loop
-        else:
-            new_loop = asyncio.new_event_loop
-        """
-    )
     try:
         return subprocess.run(
-            [sys.executable, "-X", "faulthandler", "-c", prologue + textwrap.dedent(body)],
+            child_command(loop_kind, body),
             capture_output=True,
             text=True,
             timeout=timeout,

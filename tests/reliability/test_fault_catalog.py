@@ -17,10 +17,10 @@ import struct
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 
 import pytest
+from _childkit import child_command
 from _netkit import (
     FAR,
     Accepting,
@@ -83,20 +83,8 @@ async def stream_pair(loop, kind, client=Recorder, server=Recorder):
 def run_child(loop_kind, body, *args, timeout=CHILD_TIMEOUT, **popen):
     """Starts ``body`` in a fresh interpreter with ``new_loop`` bound to the kind's factory
     (and ``run_main(coro)`` running a coroutine as asyncio.run does); returns the Popen."""
-    prologue = textwrap.dedent(
-        f"""
-        import asyncio, sys
-        if {loop_kind!r} == "ferroloop":
-            import ferroloop
-            new_loop = ferroloop.new_event_loop
-            run_main = ferroloop.run
-        else:
-            new_loop = asyncio.new_event_loop
-            run_main = asyncio.run
-        """
-    )
     return subprocess.Popen(
-        [sys.executable, "-X", "faulthandler", "-c", prologue + textwrap.dedent(body), *args],
+        child_command(loop_kind, body, *args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -15,11 +15,11 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import warnings
 import weakref
 
 import pytest
+from _childkit import child_command
 from _netkit import FAR, run
 
 
@@ -310,18 +310,8 @@ print("made")
 
 
 def test_transports_made_while_the_collector_runs(loop_kind):
-    prologue = textwrap.dedent(
-        f"""
-        import asyncio
-        if {loop_kind!r} == "ferroloop":
-            import ferroloop
-            new_loop = ferroloop.new_event_loop
-        else:
-            new_loop = asyncio.new_event_loop
-        """
-    )
     proc = subprocess.run(
-        [sys.executable, "-X", "faulthandler", "-c", prologue + MADE_DURING_COLLECTIONS],
+        child_command(loop_kind, MADE_DURING_COLLECTIONS),
         capture_output=True,
         text=True,
         timeout=60,

@@ -1,8 +1,9 @@
-"""loop.sendfile() over a TCP transport: the zero-copy path for regular files, the read and
+"""loop.sendfile() over a TCP transport (and its refusal of pipes): the zero-copy path for regular files, the read and
 write fallback for other file objects, and what the transport allows meanwhile."""
 
 import asyncio
 import io
+import os
 import socket
 
 import pytest
@@ -227,3 +228,34 @@ def test_sendfile_fallback_from_offset_0_reads_where_the_version_says(loop, data
             return b.recv(100)
 
     assert run(loop, sock_main()) == DATA[start : start + 10]
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_sendfile_on_a_pipe_transport_is_not_supported(loop, data_file, fallback):
+    # asyncio's pipe transports are not marked as sendfile-capable: loop.sendfile refuses them
+    # before touching the file or the pipe, with or without the fallback.
+    async def main():
+        rfd, wfd = os.pipe()
+        with open(rfd, "rb", buffering=0) as rpipe, open(wfd, "wb", buffering=0) as wpipe:
+            wt, _ = await loop.connect_write_pipe(asyncio.BaseProtocol, wpipe)
+            got = asyncio.Queue()
+
+            class Reader(asyncio.Protocol):
+                def data_received(self, data):
+                    got.put_nowait(data)
+
+            rt, _ = await loop.connect_read_pipe(Reader, rpipe)
+            try:
+                for transport in (wt, rt):
+                    with pytest.raises(RuntimeError, match="sendfile is not supported"):
+                        await loop.sendfile(transport, data_file, fallback=fallback)
+                    assert data_file.tell() == 0
+                    assert not transport.is_closing()
+                wt.write(b"still a pipe")
+                assert await asyncio.wait_for(got.get(), 5) == b"still a pipe"
+                assert rt.is_reading()
+            finally:
+                wt.close()
+                rt.close()
+
+    run(loop, main())

@@ -120,6 +120,8 @@ class SSLTransport(asyncio.Transport):
 
 def _sendfile_mode(transport) -> str:
     # asyncio marks transports with a private enum; compare its member names, not the enum.
+    if isinstance(transport, (_ferroloop.ReadPipeTransport, _ferroloop.WritePipeTransport)):
+        return "UNSUPPORTED"  # as asyncio's pipe transports, which carry no mark
     if isinstance(transport, _ferroloop.StreamTransport):
         return "TRY_NATIVE"
     if isinstance(transport, _ferroloop.TlsTransport):

@@ -57,6 +57,11 @@ def pytest_configure(config):
         "ferroloop_only: the test exercises ferroloop's own API and has no asyncio "
         "counterpart; it is skipped when ferroloop cannot be imported",
     )
+    # A run started in the background of a non-interactive shell (`make test &`, nohup, some
+    # CI runners) inherits SIGINT ignored, and an ignored signal stays ignored across exec:
+    # the child processes the tests interrupt with SIGINT (Ctrl+C) would never see it.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_report_header(config):

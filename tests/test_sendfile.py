@@ -1,5 +1,6 @@
-"""loop.sendfile() over a TCP transport (and its refusal of pipes): the zero-copy path for regular files, the read and
-write fallback for other file objects, and what the transport allows meanwhile."""
+"""loop.sendfile() over a TCP transport: the zero-copy path for regular files, the read and
+write fallback for other file objects, what the transport allows meanwhile; and its refusal
+of pipe transports."""
 
 import asyncio
 import io

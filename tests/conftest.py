@@ -19,6 +19,7 @@ import faulthandler
 import gc
 import os
 import signal
+import socket
 import sys
 import threading
 
@@ -135,6 +136,17 @@ def _restore_asyncio_global_state():
         if has_policy:
             events._event_loop_policy = policy
         sys.set_asyncgen_hooks(*hooks)
+
+
+@pytest.fixture
+def pair():
+    """A connected pair of non-blocking Unix sockets, closed afterwards."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()
 
 
 @pytest.fixture(params=LOOP_KINDS)

@@ -12,16 +12,6 @@ var = contextvars.ContextVar("var", default="unset")
 FAR = 10
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 @pytest.mark.parametrize("as_object", [False, True], ids=["fd", "fileobj"])
 def test_reader_is_called_when_data_arrives(loop, pair, as_object):
     r, w = pair

@@ -5,22 +5,10 @@ Each test body runs on ferroloop and on stdlib asyncio (the reference).
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from _netkit import run
 
 EMPTY_BUFFERS = [b"", bytearray(), memoryview(b"")]
-
-
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
 
 
 @pytest.mark.parametrize("data", EMPTY_BUFFERS, ids=["bytes", "bytearray", "memoryview"])

@@ -43,3 +43,19 @@ def test_version_is_the_distributions():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"ferroloop {ferroloop.__version__} (")
+
+
+def test_import_brings_in_little_beyond_asyncio():
+    # ``import ferroloop`` in a program that has imported asyncio adds ferroloop's own modules
+    # and the interpreter check's; the metrics' dataclasses come on first use.
+    code = (
+        "import asyncio, sys\n"
+        "before = set(sys.modules)\n"
+        "import ferroloop\n"
+        "print(' '.join(sorted(set(sys.modules) - before)))\n"
+        "ferroloop.LoopMetrics, ferroloop.new_event_loop().metrics()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    added = {m for m in done.stdout.split() if m.partition(".")[0] != "ferroloop"}
+    assert added <= {"__future__", "_interpreters", "_xxsubinterpreters"}, added

@@ -20,11 +20,12 @@ from . import (
 )
 from ._ferroloop import BUILD_PROFILE, __version__
 from ._loop import Loop, new_event_loop
-from ._metrics import LoopMetrics, SlowCallback
 from ._run import run
 
-if TYPE_CHECKING:  # at run time, made on first use by __getattr__ (see _policy.py)
+if TYPE_CHECKING:  # at run time, given by __getattr__ on first use
     from asyncio import DefaultEventLoopPolicy as _StockPolicy
+
+    from ._metrics import LoopMetrics, SlowCallback
 
     class EventLoopPolicy(_StockPolicy):
         def new_event_loop(self) -> Loop: ...
@@ -62,4 +63,9 @@ def __getattr__(name: str) -> type:
     # it is made when first asked for, never at import.
     if name == "EventLoopPolicy":
         return _policy.event_loop_policy_class()
+    # The metrics' classes are dataclasses: ``dataclasses`` is imported on first use.
+    if name in ("LoopMetrics", "SlowCallback"):
+        from . import _metrics
+
+        return getattr(_metrics, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,19 +20,21 @@ import threading
 import traceback
 import warnings
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _ferroloop
 from ._datagram import DatagramMixin
 from ._format import format_callback
 from ._format import logger as _logger
-from ._metrics import LoopMetrics
 from ._pipes import PipesMixin
 from ._servers import NetworkMixin
 from ._signals import SignalsMixin
 from ._sockets import SocketOpsMixin
 from ._subprocess import SubprocessMixin
 from ._transports import TransportsMixin
+
+if TYPE_CHECKING:
+    from ._metrics import LoopMetrics
 
 _PY312 = sys.version_info >= (3, 12)
 
@@ -222,6 +224,8 @@ class Loop(
         after this snapshot (the counters never reset). Callable from any thread, and on a
         closed loop.
         """
+        from ._metrics import LoopMetrics  # (dataclasses, imported on first use)
+
         return LoopMetrics._from_core(self._metrics(bool(reset)))
 
     # -- futures and tasks ---------------------------------------------------------------

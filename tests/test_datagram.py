@@ -128,6 +128,42 @@ def test_many_datagrams_windowed_ping_pong(loop, host):
 
 
 @pytest.mark.parametrize("host", HOSTS)
+def test_replies_reach_each_of_many_peers(loop, host):
+    # More peers than ferroloop keeps converted addresses for, in interleaved rounds: each
+    # datagram is delivered with its sender's address, and a reply to it (the very tuple
+    # received, or an equal one made anew) reaches that sender and no other.
+    peers, rounds = 40, 3
+
+    class Replier(Endpoint):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            self.transport.sendto(data, addr if data[-1] % 2 else tuple(list(addr)))
+
+    async def main():
+        async with contextlib.AsyncExitStack() as stack:
+            server = await stack.enter_async_context(endpoint(loop, Replier, local_addr=(host, 0)))
+            server_addr = server.transport.get_extra_info("sockname")
+            clients = [
+                await stack.enter_async_context(endpoint(loop, local_addr=(host, 0)))
+                for _ in range(peers)
+            ]
+            for r in range(rounds):
+                for i, client in enumerate(clients):
+                    client.transport.sendto(b"%d:%d" % (i, r) + bytes([i + r]), server_addr)
+                for i, client in enumerate(clients):
+                    assert await client.next() == (b"%d:%d" % (i, r) + bytes([i + r]), server_addr)
+            senders = {}
+            while not server.received.empty():
+                data, addr = server.received.get_nowait()
+                senders[int(data.split(b":")[0])] = addr
+            assert senders == {
+                i: c.transport.get_extra_info("sockname") for i, c in enumerate(clients)
+            }
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("host", HOSTS)
 def test_connected_endpoint(loop, host):
     async def main():
         async with endpoint(loop, Echo, local_addr=(host, 0)) as server:

@@ -8,9 +8,10 @@
 //! (the endpoint stays open, as in asyncio); a full batch queues another turn. `sendto`
 //! sends at once when nothing is queued, else queues the datagram with its address, with
 //! asyncio's flow control over the queued bytes. IPv4/IPv6 addresses given as numeric
-//! tuples are converted in Rust; anything else (host names, Unix paths) goes through the
-//! socket object's own `sendto`/`recvfrom`, as does everything for a socket whose class
-//! overrides those methods (see `sock_io`).
+//! tuples are converted in Rust (the last few peers' tuples are kept: see `PeerCache`);
+//! anything else (host names, Unix paths) goes through the socket object's own
+//! `sendto`/`recvfrom`, as does everything for a socket whose class overrides those methods
+//! (see `sock_io`).
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -64,6 +65,48 @@ struct State {
     queued: usize,
     /// `pause_reading()` was called.
     paused: bool,
+    peers: PeerCache,
+}
+
+/// How many peers' addresses `PeerCache` keeps.
+const PEER_CACHE_SIZE: usize = 16;
+
+/// The Python tuples of the last few peers' addresses (a raw socket's): a datagram from one
+/// of them is delivered with the tuple made for the previous one (no formatting), and
+/// `sendto` to that same tuple object, the usual reply, converts it by identity (no parsing).
+/// The tuples hold a str and ints: no cycle can pass through them.
+#[derive(Default)]
+struct PeerCache {
+    entries: Vec<(SocketAddr, Py<PyAny>)>,
+    /// The entry the next new peer replaces once the cache is full.
+    next: usize,
+}
+
+impl PeerCache {
+    /// The tuple for `addr`, made now if it is not among the last peers'.
+    fn tuple(&mut self, py: Python<'_>, addr: SocketAddr) -> PyResult<Py<PyAny>> {
+        if let Some((_, t)) = self.entries.iter().find(|(a, _)| *a == addr) {
+            return Ok(t.clone_ref(py));
+        }
+        let t = py_addr(py, &addr)?.unbind();
+        let entry = (addr, t.clone_ref(py));
+        if self.entries.len() < PEER_CACHE_SIZE {
+            self.entries.push(entry);
+        } else {
+            // (the tuple replaced runs no Python code when it goes)
+            self.entries[self.next] = entry;
+            self.next = (self.next + 1) % PEER_CACHE_SIZE;
+        }
+        Ok(t)
+    }
+
+    /// The address of a tuple this cache made (the same object, not an equal one).
+    fn address_of(&self, obj: &Bound<'_, PyAny>) -> Option<SocketAddr> {
+        self.entries
+            .iter()
+            .find(|(_, t)| t.as_ptr() == obj.as_ptr())
+            .map(|(a, _)| *a)
+    }
 }
 
 #[pyclass(frozen, weakref, dict, module = "ferroloop._ferroloop")]
@@ -215,7 +258,7 @@ impl DatagramTransport {
         match got {
             Ok((data, addr)) => {
                 let addr = match addr.to_socket_addr() {
-                    Some(a) => py_addr(py, &a)?.unbind(),
+                    Some(a) => this.state.borrow_mut(py).peers.tuple(py, a)?,
                     None => py.None(),
                 };
                 Ok(Received::Datagram(data.into_any().unbind(), addr))
@@ -506,6 +549,7 @@ impl DatagramTransport {
                 queue: VecDeque::new(),
                 queued: 0,
                 paused: false,
+                peers: PeerCache::default(),
             }),
         })
     }
@@ -667,10 +711,16 @@ impl DatagramTransport {
             Dest::Peer
         } else {
             match &addr {
-                Some(a) if this.raw => match raw_addr(a) {
-                    Some(raw) => Dest::Raw(raw),
-                    None => Dest::Py(a.clone().unbind()),
-                },
+                Some(a) if this.raw => {
+                    let known = this.state.borrow(py).peers.address_of(a);
+                    match known
+                        .map(|sa| RawAddr::from_socket_addr(&sa))
+                        .or_else(|| raw_addr(a))
+                    {
+                        Some(raw) => Dest::Raw(raw),
+                        None => Dest::Py(a.clone().unbind()),
+                    }
+                }
                 Some(a) => Dest::Py(a.clone().unbind()),
                 None => Dest::Py(py.None()),
             }

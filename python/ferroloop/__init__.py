@@ -12,8 +12,6 @@ gone in 3.16): ``EventLoopPolicy`` is made on first use, see ``_policy.py``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from . import (
     _interpreter,  # noqa: F401  (first: refuses a subinterpreter)
     _policy,
@@ -21,6 +19,8 @@ from . import (
 from ._ferroloop import BUILD_PROFILE, __version__
 from ._loop import Loop, new_event_loop
 from ._run import run
+
+TYPE_CHECKING = False  # (as typing.TYPE_CHECKING: ferroloop does not import typing at run time)
 
 if TYPE_CHECKING:  # at run time, given by __getattr__ on first use
     from asyncio import DefaultEventLoopPolicy as _StockPolicy

@@ -20,7 +20,6 @@ import threading
 import traceback
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any
 
 from . import _ferroloop
 from ._datagram import DatagramMixin
@@ -33,7 +32,10 @@ from ._sockets import SocketOpsMixin
 from ._subprocess import SubprocessMixin
 from ._transports import TransportsMixin
 
+TYPE_CHECKING = False  # (see __init__)
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._metrics import LoopMetrics
 
 _PY312 = sys.version_info >= (3, 12)

@@ -23,7 +23,10 @@ import asyncio
 import asyncio.events
 import sys
 from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False  # (see __init__)
+if TYPE_CHECKING:
+    from typing import Any
 
 # From 3.14 on, asyncio's public policy names emit DeprecationWarning.
 _POLICIES_DEPRECATED = sys.version_info >= (3, 14)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
 
 from ._loop import new_event_loop
 
-_T = TypeVar("_T")
+TYPE_CHECKING = False  # (see __init__)
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    _T = TypeVar("_T")
 
 
 def run(

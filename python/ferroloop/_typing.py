@@ -10,10 +10,10 @@ mixins' own private helpers, shared across mixins, are reached through ``__getat
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # (see __init__)
 if TYPE_CHECKING:
     import asyncio
+    from typing import Any
 
     from ._ferroloop import CoreLoop
 

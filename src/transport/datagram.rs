@@ -83,21 +83,23 @@ struct PeerCache {
 }
 
 impl PeerCache {
-    /// The tuple for `addr`, made now if it is not among the last peers'.
-    fn tuple(&mut self, py: Python<'_>, addr: SocketAddr) -> PyResult<Py<PyAny>> {
-        if let Some((_, t)) = self.entries.iter().find(|(a, _)| *a == addr) {
-            return Ok(t.clone_ref(py));
-        }
-        let t = py_addr(py, &addr)?.unbind();
-        let entry = (addr, t.clone_ref(py));
+    /// The tuple kept for `addr`, if it is among the last peers'.
+    fn tuple(&self, py: Python<'_>, addr: &SocketAddr) -> Option<Py<PyAny>> {
+        self.entries
+            .iter()
+            .find(|(a, _)| a == addr)
+            .map(|(_, t)| t.clone_ref(py))
+    }
+
+    /// Keeps `tuple` as the one for `addr`; returns the tuple it replaces, if any.
+    fn insert(&mut self, addr: SocketAddr, tuple: Py<PyAny>) -> Option<Py<PyAny>> {
         if self.entries.len() < PEER_CACHE_SIZE {
-            self.entries.push(entry);
-        } else {
-            // (the tuple replaced runs no Python code when it goes)
-            self.entries[self.next] = entry;
-            self.next = (self.next + 1) % PEER_CACHE_SIZE;
+            self.entries.push((addr, tuple));
+            return None;
         }
-        Ok(t)
+        let old = std::mem::replace(&mut self.entries[self.next], (addr, tuple));
+        self.next = (self.next + 1) % PEER_CACHE_SIZE;
+        Some(old.1)
     }
 
     /// The address of a tuple this cache made (the same object, not an equal one).
@@ -258,7 +260,7 @@ impl DatagramTransport {
         match got {
             Ok((data, addr)) => {
                 let addr = match addr.to_socket_addr() {
-                    Some(a) => this.state.borrow_mut(py).peers.tuple(py, a)?,
+                    Some(a) => this.peer_tuple(py, a)?,
                     None => py.None(),
                 };
                 Ok(Received::Datagram(data.into_any().unbind(), addr))
@@ -266,6 +268,23 @@ impl DatagramTransport {
             Err(e) if would_block(&e) => Ok(Received::Again),
             Err(e) => Ok(Received::Error(os_error(e))),
         }
+    }
+
+    /// The Python form of a peer's address: the tuple kept for it, or a new one kept.
+    fn peer_tuple(&self, py: Python<'_>, addr: SocketAddr) -> PyResult<Py<PyAny>> {
+        if let Some(t) = self.state.borrow(py).peers.tuple(py, &addr) {
+            return Ok(t);
+        }
+        // Made outside the borrow: allocating may start a collection, and its finalizers
+        // may use this transport.
+        let t = py_addr(py, &addr)?.unbind();
+        let replaced = self
+            .state
+            .borrow_mut(py)
+            .peers
+            .insert(addr, t.clone_ref(py));
+        drop(replaced);
+        Ok(t)
     }
 
     /// A readable turn: deliver up to a batch of datagrams.

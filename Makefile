@@ -77,7 +77,7 @@ lint: ## cargo fmt --check, clippy -D warnings, ruff, mypy + stubtest, actionlin
 	cargo fmt --check
 	PYO3_PYTHON=$(abspath $(PY)) CARGO_TARGET_DIR=$(TARGET_DIR) cargo clippy --all-targets -- -D warnings
 	$(VENV)/bin/ruff check python tests benchmarks
-	$(VENV)/bin/ruff format --check python tests benchmarks
+	$(VENV)/bin/ruff format --check python tests benchmarks docs README.md
 	$(PY) -m mypy
 	$(PY) -m mypy.stubtest ferroloop --mypy-config-file pyproject.toml \
 		--allowlist tests/typecheck/stubtest-allowlist.txt --ignore-unused-allowlist
@@ -85,7 +85,7 @@ lint: ## cargo fmt --check, clippy -D warnings, ruff, mypy + stubtest, actionlin
 
 fmt: ## Format Rust and Python
 	cargo fmt
-	$(VENV)/bin/ruff format python tests benchmarks
+	$(VENV)/bin/ruff format python tests benchmarks docs README.md
 
 conformance: develop ## CPython's test_asyncio against ferroloop (summary + ratchet check)
 	$(PY) tests/conformance/run.py --check-ratchet

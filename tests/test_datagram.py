@@ -287,6 +287,91 @@ def test_unix_datagram_endpoint(loop):
 # -- the transport ---------------------------------------------------------------------
 
 
+# -- datagrams waiting in the socket ------------------------------------------------
+
+
+def largest_datagram(host):
+    """The largest UDP payload: 65,535 bytes of IP length less the headers."""
+    return 65535 - 8 - (0 if ":" in host else 20)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_many_waiting_datagrams_arrive_whole_and_in_order(loop, host):
+    # More than one read (and one turn) takes, of every size up to the largest, all sent
+    # before the endpoint reads any (and all within the default receive buffer).
+    sizes = [0, 1, largest_datagram(host), 1000, largest_datagram(host) - 1] + [7] * 40
+    messages = [payload(n, i) for i, n in enumerate(sizes)]
+
+    async def main():
+        async with endpoint(loop, local_addr=(host, 0)) as proto:
+            address = proto.transport.get_extra_info("sockname")
+            with socket.socket(family_of(host), socket.SOCK_DGRAM) as sender:
+                sender.bind((host, 0))
+                for m in messages:
+                    sender.sendto(m, address)
+                sender_addr = sender.getsockname()[:2]
+                for m in messages:
+                    data, addr = await proto.next()
+                    assert (len(data), data) == (len(m), m)
+                    assert addr[:2] == sender_addr
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_no_datagram_while_reading_is_paused(loop, host):
+    # Paused in the middle of datagrams that were waiting together, and more sent while
+    # paused: nothing comes until resume_reading(), then everything, in order.
+
+    class Pausing(Endpoint):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            if data == b"2":
+                self.transport.pause_reading()
+
+    async def main():
+        async with endpoint(loop, Pausing, local_addr=(host, 0)) as proto:
+            address = proto.transport.get_extra_info("sockname")
+            with socket.socket(family_of(host), socket.SOCK_DGRAM) as sender:
+                for i in range(10):
+                    sender.sendto(b"%d" % i, address)
+                assert [(await proto.next())[0] for _ in range(3)] == [b"0", b"1", b"2"]
+                assert not proto.transport.is_reading()
+                for i in range(10, 15):
+                    sender.sendto(b"%d" % i, address)
+                for _ in range(20):  # loop iterations: a datagram turn would run in one
+                    await asyncio.sleep(0)
+                assert proto.received.empty()
+                proto.transport.resume_reading()
+                got = [(await proto.next())[0] for _ in range(3, 15)]
+                assert got == [b"%d" % i for i in range(3, 15)]
+
+    run(loop, main())
+
+
+def test_no_datagram_after_close_in_datagram_received(loop):
+    closed = []
+
+    class Closing(Endpoint):
+        def datagram_received(self, data, addr):
+            assert not closed, "datagram_received() after close()"
+            super().datagram_received(data, addr)
+            if data == b"1":
+                self.transport.close()
+                closed.append(data)
+
+    async def main():
+        transport, proto = await loop.create_datagram_endpoint(Closing, local_addr=("127.0.0.1", 0))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for i in range(6):
+                sender.sendto(b"%d" % i, transport.get_extra_info("sockname"))
+            assert await asyncio.wait_for(proto.lost, SOON) is None
+        assert [proto.received.get_nowait()[0] for _ in range(2)] == [b"0", b"1"]
+        assert proto.received.empty()
+
+    run(loop, main())
+
+
 def test_sendto_after_close_is_ignored(loop):
     async def main():
         with (

@@ -22,7 +22,7 @@ use pyo3::exceptions::{PyNotImplementedError, PyOSError, PyTypeError, PyValueErr
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyTuple};
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::finalize::Finalize;
@@ -125,9 +125,9 @@ pub struct DatagramTransport {
 /// A numeric `(host, port[, flowinfo, scope_id])` tuple as a raw address.
 fn raw_addr(addr: &Bound<'_, PyAny>) -> Option<RawAddr> {
     let t = addr.cast::<PyTuple>().ok()?;
-    let host: String = t.get_item(0).ok()?.extract().ok()?;
+    let host = t.get_item(0).ok()?;
+    let ip: IpAddr = host.cast::<PyString>().ok()?.to_str().ok()?.parse().ok()?;
     let port: u16 = t.get_item(1).ok()?.extract().ok()?;
-    let ip: IpAddr = host.parse().ok()?;
     let sa = match (ip, t.len()) {
         (IpAddr::V4(v4), 2) => SocketAddr::from((v4, port)),
         (IpAddr::V6(v6), 2) => SocketAddr::V6(std::net::SocketAddrV6::new(v6, port, 0, 0)),
